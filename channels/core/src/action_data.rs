@@ -104,10 +104,25 @@ mod tests {
 
     #[test]
     fn rejects_old_and_foreign_payloads() {
-        assert_eq!("v0:abc:o".parse::<ActionData>(), Err(ActionDataError::OldVersion));
-        assert_eq!("hello".parse::<ActionData>(), Err(ActionDataError::Malformed));
-        assert_eq!("v1:abc:x".parse::<ActionData>(), Err(ActionDataError::Malformed));
-        assert_eq!("v1:a b:o".parse::<ActionData>(), Err(ActionDataError::Malformed));
-        assert_eq!("v1:abc:o:extra".parse::<ActionData>(), Err(ActionDataError::Malformed));
+        assert_eq!(
+            "v0:abc:o".parse::<ActionData>(),
+            Err(ActionDataError::OldVersion)
+        );
+        assert_eq!(
+            "hello".parse::<ActionData>(),
+            Err(ActionDataError::Malformed)
+        );
+        assert_eq!(
+            "v1:abc:x".parse::<ActionData>(),
+            Err(ActionDataError::Malformed)
+        );
+        assert_eq!(
+            "v1:a b:o".parse::<ActionData>(),
+            Err(ActionDataError::Malformed)
+        );
+        assert_eq!(
+            "v1:abc:o:extra".parse::<ActionData>(),
+            Err(ActionDataError::Malformed)
+        );
     }
 }

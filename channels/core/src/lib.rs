@@ -38,7 +38,11 @@ pub enum Decision {
 
 impl Decision {
     /// Every decision, in the order buttons are shown.
-    pub const ALL: [Decision; 3] = [Decision::ApproveOnce, Decision::ApproveAlways, Decision::Deny];
+    pub const ALL: [Decision; 3] = [
+        Decision::ApproveOnce,
+        Decision::ApproveAlways,
+        Decision::Deny,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -80,7 +84,9 @@ impl FromStr for Decision {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s.trim().to_ascii_lowercase().replace('_', "-").as_str() {
-            "approve-once" | "approve" | "allow-once" | "allow" | "once" => Ok(Decision::ApproveOnce),
+            "approve-once" | "approve" | "allow-once" | "allow" | "once" => {
+                Ok(Decision::ApproveOnce)
+            }
             "approve-always" | "allow-always" | "always" => Ok(Decision::ApproveAlways),
             "deny" | "reject" => Ok(Decision::Deny),
             _ => Err(UnknownDecision(s.to_string())),

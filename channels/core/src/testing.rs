@@ -142,7 +142,12 @@ impl TestChannel {
     }
 
     /// Press a button (or type a command) as `user`, the way a platform receiver would.
-    pub async fn press(&self, approval: &str, decision: Decision, user: PlatformUser) -> InboundReply {
+    pub async fn press(
+        &self,
+        approval: &str,
+        decision: Decision,
+        user: PlatformUser,
+    ) -> InboundReply {
         let sink = self.sink.lock().map(|s| s.clone()).ok().flatten();
         let Some(sink) = sink else {
             panic!("TestChannel {} was never started by the engine", self.name);
@@ -158,7 +163,9 @@ impl TestChannel {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn record(&self, call: RecordedCall) {
@@ -191,13 +198,19 @@ impl Channel for TestChannel {
     async fn deliver(&self, target: &Target, prompt: &Prompt) -> Result<MessageRef, ChannelError> {
         let (failing, stalled) = {
             let s = self.lock();
-            (s.failing.contains(&target.to), s.stalled.contains(&target.to))
+            (
+                s.failing.contains(&target.to),
+                s.stalled.contains(&target.to),
+            )
         };
         if stalled {
             tokio::time::sleep(Duration::from_secs(3600)).await;
         }
         if failing {
-            return Err(ChannelError::permanent(format!("test channel refuses {}", target.to)));
+            return Err(ChannelError::permanent(format!(
+                "test channel refuses {}",
+                target.to
+            )));
         }
         let message = {
             let mut s = self.lock();
@@ -227,7 +240,10 @@ impl Channel for TestChannel {
 
     async fn notify(&self, target: &Target, text: &str) -> Result<MessageRef, ChannelError> {
         if self.lock().failing.contains(&target.to) {
-            return Err(ChannelError::permanent(format!("test channel refuses {}", target.to)));
+            return Err(ChannelError::permanent(format!(
+                "test channel refuses {}",
+                target.to
+            )));
         }
         self.record(RecordedCall::Notify {
             target: target.clone(),

@@ -1,0 +1,86 @@
+//! The HTTP surface: JSON-RPC at `POST /rpc` and over WebSocket at `GET /rpc/ws`, the event
+//! stream at `GET /events`, `GET /healthz` and `GET /metrics`. One shared [`AppContext`].
+
+mod rpc;
+mod sse;
+mod ws;
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::json;
+use tower_http::timeout::TimeoutLayer;
+
+use crate::directory::Caller;
+use crate::engine::ToolApprovalForwarder;
+use crate::error::ApprovalError;
+
+pub use rpc::handle_message;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub struct AppContext {
+    pub engine: ToolApprovalForwarder,
+    pub max_body_bytes: usize,
+}
+
+/// The whole router.
+pub fn router(ctx: AppContext) -> Router {
+    let limit = ctx.max_body_bytes;
+    Router::new()
+        .route("/rpc", post(rpc::http_rpc))
+        .route("/rpc/ws", get(ws::upgrade))
+        .route("/events", get(sse::events))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            Duration::from_secs(2 * 24 * 3600),
+        ))
+        .with_state(ctx)
+}
+
+/// The bearer token from `Authorization`, checked against the configured tokens.
+pub fn authenticate(ctx: &AppContext, headers: &HeaderMap) -> Result<Caller, ApprovalError> {
+    let value = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let token = value
+        .strip_prefix("Bearer ")
+        .or_else(|| value.strip_prefix("bearer "))
+        .unwrap_or("")
+        .trim();
+    if token.is_empty() {
+        return Err(ApprovalError::Unauthorized(
+            "missing Authorization: Bearer <token>".into(),
+        ));
+    }
+    ctx.engine.directory().authenticate(token)
+}
+
+async fn healthz(State(ctx): State<AppContext>) -> Response {
+    let channels: Vec<_> = ctx
+        .engine
+        .channel_health()
+        .into_iter()
+        .map(|(name, h)| json!({ "name": name, "connected": h.connected, "last_error": h.last_error }))
+        .collect();
+    axum::Json(json!({ "status": "ok", "channels": channels })).into_response()
+}
+
+async fn metrics(State(ctx): State<AppContext>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.engine.metrics().render(),
+    )
+        .into_response()
+}

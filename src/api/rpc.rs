@@ -1,0 +1,388 @@
+//! JSON-RPC 2.0: envelope checks, batches, and the method table. Bad input of any shape gets a
+//! JSON-RPC error with a stable `error.data.kind` and changes nothing.
+
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::extract::rejection::BytesRejection;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use super::{AppContext, authenticate};
+use crate::config::TokenScope;
+use crate::directory::Caller;
+use crate::domain::{ApproverIdentity, Decision, Status, Transport};
+use crate::engine::{Actor, DecisionAttempt, NewRequest, result_json};
+use crate::error::ApprovalError;
+use crate::store::{AuditQuery, ListQuery};
+
+/// `POST /rpc`.
+pub async fn http_rpc(
+    State(ctx): State<AppContext>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let caller = match authenticate(&ctx, &headers) {
+        Ok(c) => c,
+        Err(e) => return error_response(&e, Value::Null),
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let err = if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApprovalError::PayloadTooLarge {
+                    limit: ctx.max_body_bytes,
+                }
+            } else {
+                ApprovalError::InvalidRequest(rejection.body_text())
+            };
+            return error_response(&err, Value::Null);
+        }
+    };
+    match handle_message(&ctx, &caller, &body).await {
+        Some(answer) => axum::Json(answer).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    }
+}
+
+/// A whole-exchange error (auth, size) as an HTTP response with a JSON-RPC error body.
+pub fn error_response(err: &ApprovalError, id: Value) -> Response {
+    (err.http_status(), axum::Json(error_object(err, id))).into_response()
+}
+
+fn error_object(err: &ApprovalError, id: Value) -> Value {
+    json!({
+        "jsonrpc": "2.0",
+        "id": id,
+        "error": { "code": err.code(), "message": err.to_string(), "data": err.data() },
+    })
+}
+
+/// Handle one message (a request, a notification or a batch). `None` means nothing to answer.
+pub async fn handle_message(ctx: &AppContext, caller: &Caller, body: &[u8]) -> Option<Value> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(error_object(
+                &ApprovalError::Parse(format!("body is not valid JSON: {e}")),
+                Value::Null,
+            ));
+        }
+    };
+    match value {
+        Value::Array(items) if items.is_empty() => Some(error_object(
+            &ApprovalError::InvalidRequest("empty batch".into()),
+            Value::Null,
+        )),
+        Value::Array(items) => {
+            let answers = futures::future::join_all(
+                items.into_iter().map(|item| handle_one(ctx, caller, item)),
+            )
+            .await;
+            let answers: Vec<Value> = answers.into_iter().flatten().collect();
+            (!answers.is_empty()).then_some(Value::Array(answers))
+        }
+        other => handle_one(ctx, caller, other).await,
+    }
+}
+
+async fn handle_one(ctx: &AppContext, caller: &Caller, item: Value) -> Option<Value> {
+    let Value::Object(mut obj) = item else {
+        return Some(error_object(
+            &ApprovalError::InvalidRequest("a request must be a JSON object".into()),
+            Value::Null,
+        ));
+    };
+    let id = obj.remove("id");
+    let is_notification = id.is_none();
+    let id = id.unwrap_or(Value::Null);
+    if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
+        return Some(error_object(
+            &ApprovalError::InvalidRequest("id must be a string, a number or null".into()),
+            Value::Null,
+        ));
+    }
+    if obj.get("jsonrpc") != Some(&json!("2.0")) {
+        return Some(error_object(
+            &ApprovalError::InvalidRequest("jsonrpc must be \"2.0\"".into()),
+            id,
+        ));
+    }
+    let Some(Value::String(method)) = obj.remove("method") else {
+        return Some(error_object(
+            &ApprovalError::InvalidRequest("method must be a string".into()),
+            id,
+        ));
+    };
+    let params = match obj.remove("params") {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(p @ Value::Object(_)) => p,
+        Some(_) => {
+            return Some(error_object(
+                &ApprovalError::InvalidParams("params must be an object".into()),
+                id,
+            ));
+        }
+    };
+    let result = dispatch(ctx, caller, &method, params).await;
+    if is_notification {
+        return None;
+    }
+    Some(match result {
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+        Err(e) => {
+            if let ApprovalError::Internal(detail) = &e {
+                tracing::error!(method, detail, "internal error answering RPC");
+            }
+            error_object(&e, id)
+        }
+    })
+}
+
+fn parse<T: DeserializeOwned>(params: Value) -> Result<T, ApprovalError> {
+    serde_json::from_value(params).map_err(|e| ApprovalError::InvalidParams(e.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdParams {
+    id: String,
+    timeout_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListParams {
+    status: Option<String>,
+    agent_id: Option<String>,
+    tool: Option<String>,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResolveParams {
+    id: String,
+    decision: String,
+    reason: Option<String>,
+    /// Admin only: the identity of the person who decided elsewhere.
+    approver: Option<ApproverIdentity>,
+    /// `cli` or `api` (default): the surface recorded with the decision.
+    transport: Option<Transport>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditParams {
+    id: Option<String>,
+    after: Option<i64>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RevokeParams {
+    id: String,
+}
+
+async fn dispatch(
+    ctx: &AppContext,
+    caller: &Caller,
+    method: &str,
+    params: Value,
+) -> Result<Value, ApprovalError> {
+    let engine = &ctx.engine;
+    match method {
+        "tool.approval.request" => {
+            caller.require(TokenScope::Request)?;
+            let new: NewRequest = parse(params)?;
+            let wait = new.wait.unwrap_or(true);
+            let rec = engine.request(new, caller).await?;
+            if !wait || rec.status != Status::Pending {
+                return Ok(result_json(&rec));
+            }
+            let rec = engine.wait(&rec.request.id, None).await?;
+            Ok(result_json(&rec))
+        }
+        "tool.approval.wait" => {
+            let p: IdParams = parse(params)?;
+            let rec = engine
+                .wait(&p.id, p.timeout_ms.map(Duration::from_millis))
+                .await?;
+            Ok(result_json(&rec))
+        }
+        "tool.approval.get" => {
+            let p: IdParams = parse(params)?;
+            let rec = engine.get(&p.id).await?;
+            let mut v = result_json(&rec);
+            v["request"] = json!(rec.request);
+            v["deliveries"] = json!(rec.deliveries);
+            Ok(v)
+        }
+        "tool.approval.list" => {
+            let p: ListParams = parse(params)?;
+            let status = p
+                .status
+                .as_deref()
+                .map(str::parse::<Status>)
+                .transpose()
+                .map_err(ApprovalError::InvalidParams)?;
+            let before = p.cursor.as_deref().map(parse_cursor).transpose()?;
+            let limit = p.limit.unwrap_or(50).clamp(1, 500);
+            let items = engine
+                .list(&ListQuery {
+                    status,
+                    agent_id: p.agent_id,
+                    tool: p.tool,
+                    limit,
+                    before,
+                })
+                .await?;
+            let next_cursor = (items.len() == limit as usize)
+                .then(|| items.last())
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{}:{}",
+                        r.request.created_at.timestamp_millis(),
+                        r.request.id
+                    )
+                });
+            let items: Vec<Value> = items
+                .iter()
+                .map(|r| {
+                    let mut v = result_json(r);
+                    v["request"] = json!(r.request);
+                    v
+                })
+                .collect();
+            Ok(json!({ "items": items, "next_cursor": next_cursor }))
+        }
+        "tool.approval.resolve" => {
+            let p: ResolveParams = parse(params)?;
+            let decision: Decision =
+                p.decision
+                    .parse()
+                    .map_err(|e: approvald_channel::UnknownDecision| {
+                        ApprovalError::InvalidParams(e.to_string())
+                    })?;
+            let actor = match p.approver {
+                Some(identity) => {
+                    if !caller.scopes.contains(&TokenScope::Admin) {
+                        return Err(ApprovalError::Unauthorized(
+                            "only an admin token may relay an approver identity".into(),
+                        ));
+                    }
+                    Actor::Relay {
+                        admin: caller.clone(),
+                        identity,
+                    }
+                }
+                None => {
+                    let transport = p.transport.unwrap_or(Transport::Api);
+                    if !matches!(transport, Transport::Api | Transport::Cli) {
+                        return Err(ApprovalError::InvalidParams(
+                            "transport must be api or cli (other surfaces decide through their own channel)".into(),
+                        ));
+                    }
+                    Actor::Caller {
+                        caller: caller.clone(),
+                        transport,
+                    }
+                }
+            };
+            let rec = engine
+                .resolve(DecisionAttempt {
+                    id: p.id,
+                    decision,
+                    reason: p.reason,
+                    actor,
+                })
+                .await?;
+            Ok(result_json(&rec))
+        }
+        "audit.list" => {
+            caller.require(TokenScope::Admin)?;
+            let p: AuditParams = parse(params)?;
+            let approval_id = match p.id {
+                Some(id) => Some(engine.resolve_id(&id).await?),
+                None => None,
+            };
+            let entries = engine
+                .store()
+                .audit_list(&AuditQuery {
+                    approval_id,
+                    after_seq: p.after.unwrap_or(0),
+                    limit: p.limit.unwrap_or(1000).clamp(1, 10_000),
+                })
+                .await?;
+            let next = entries.last().map(|e| e.seq);
+            Ok(json!({ "entries": entries, "next_after": next }))
+        }
+        "rules.list" => {
+            if !caller.has(TokenScope::Resolve) {
+                caller.require(TokenScope::Admin)?;
+            }
+            let standing = engine.store().standing_rules(true).await?;
+            let configured: Vec<Value> = engine
+                .config()
+                .rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    json!({
+                        "name": r.name.clone().unwrap_or_else(|| format!("rules[{i}]")),
+                        "tool": r.tool.as_ref().map(filter_text),
+                        "command": r.command.as_ref().map(|c| c.0.as_str().to_string()),
+                        "risk": r.risk,
+                        "agent": r.agent.as_ref().map(filter_text),
+                        "action": r.action,
+                    })
+                })
+                .collect();
+            Ok(json!({ "configured": configured, "standing": standing }))
+        }
+        "rules.revoke" => {
+            caller.require(TokenScope::Admin)?;
+            let p: RevokeParams = parse(params)?;
+            let by = engine
+                .directory()
+                .actor_for_caller(caller, Transport::Api)
+                .identity;
+            let rule = engine.revoke_rule(&p.id, &by).await?;
+            Ok(json!({ "revoked": rule }))
+        }
+        "approvald.status" => {
+            let counts = engine.store().count_by_status().await?;
+            let mut by_status = serde_json::Map::new();
+            for (s, n) in counts {
+                by_status.insert(s.as_str().to_string(), json!(n));
+            }
+            let channels: Vec<Value> = engine
+                .channel_health()
+                .into_iter()
+                .map(|(n, h)| json!({ "name": n, "connected": h.connected, "last_error": h.last_error }))
+                .collect();
+            Ok(json!({ "counts": by_status, "channels": channels }))
+        }
+        other => Err(ApprovalError::MethodNotFound(other.to_string())),
+    }
+}
+
+fn filter_text(f: &crate::config::Filter) -> String {
+    match f {
+        crate::config::Filter::Substring(s) => s.clone(),
+        crate::config::Filter::Regex(r) => format!("/{}/", r.as_str()),
+    }
+}
+
+fn parse_cursor(c: &str) -> Result<(i64, String), ApprovalError> {
+    let bad = || ApprovalError::InvalidParams(format!("cursor {c:?} is not one this server gave"));
+    let (ms, id) = c.split_once(':').ok_or_else(bad)?;
+    Ok((ms.parse().map_err(|_| bad())?, id.to_string()))
+}

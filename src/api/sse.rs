@@ -1,0 +1,35 @@
+//! `GET /events`: the live event stream as Server-Sent Events, for `approvald watch` and the
+//! control UI. Same events as the WebSocket notifications.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures::StreamExt;
+use tokio_stream::wrappers::BroadcastStream;
+
+use super::{AppContext, authenticate, rpc::error_response};
+
+pub async fn events(State(ctx): State<AppContext>, headers: HeaderMap) -> Response {
+    if let Err(e) = authenticate(&ctx, &headers) {
+        return error_response(&e, serde_json::Value::Null);
+    }
+    let stream =
+        BroadcastStream::new(ctx.engine.events().subscribe()).filter_map(|item| async move {
+            match item {
+                Ok(ev) => Some(Ok::<_, Infallible>(
+                    SseEvent::default()
+                        .event(ev.method)
+                        .data(ev.params.to_string()),
+                )),
+                // A slow reader missed events; tell it so it can refetch.
+                Err(_) => Some(Ok(SseEvent::default().event("approvald.lagged").data("{}"))),
+            }
+        });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
+        .into_response()
+}

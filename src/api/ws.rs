@@ -1,0 +1,70 @@
+//! `GET /rpc/ws`: JSON-RPC over WebSocket. Requests are handled concurrently (a waiting
+//! `tool.approval.request` does not block the next message) and every event is pushed as a
+//! notification.
+
+use axum::extract::State;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use super::{AppContext, authenticate, rpc};
+use crate::directory::Caller;
+
+pub async fn upgrade(
+    State(ctx): State<AppContext>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let caller = match authenticate(&ctx, &headers) {
+        Ok(c) => c,
+        Err(e) => return rpc::error_response(&e, serde_json::Value::Null),
+    };
+    let limit = ctx.max_body_bytes;
+    ws.max_message_size(limit)
+        .on_upgrade(move |socket| serve(ctx, caller, socket))
+}
+
+async fn serve(ctx: AppContext, caller: Caller, socket: WebSocket) {
+    let (mut sink, mut stream) = socket.split();
+    let (tx, mut rx) = mpsc::channel::<String>(256);
+    let mut events = ctx.engine.events().subscribe();
+    let writer = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                out = rx.recv() => match out {
+                    Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { break },
+                    None => break,
+                },
+                ev = events.recv() => match ev {
+                    Ok(ev) => {
+                        let note = json!({ "jsonrpc": "2.0", "method": ev.method, "params": ev.params });
+                        if sink.send(Message::Text(note.to_string().into())).await.is_err() { break }
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(_) => break,
+                },
+            }
+        }
+    });
+    while let Some(Ok(msg)) = stream.next().await {
+        let text = match msg {
+            Message::Text(t) => t.to_string(),
+            Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+            Message::Close(_) => break,
+            _ => continue,
+        };
+        let ctx = ctx.clone();
+        let caller = caller.clone();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            if let Some(answer) = rpc::handle_message(&ctx, &caller, text.as_bytes()).await {
+                let _ = tx.send(answer.to_string()).await;
+            }
+        });
+    }
+    drop(tx);
+    writer.abort();
+}

@@ -1,0 +1,684 @@
+//! The configuration file: what it may say, its defaults, `${ENV}` expansion and validation.
+//!
+//! Everything is checked at load, so a typo, a bad regex or a missing secret stops the service
+//! with a message that names the key, instead of a silent fallback at the first request.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use chrono::{DateTime, Utc};
+use regex::Regex;
+use serde::{Deserialize, Deserializer};
+
+use crate::domain::{Decision, RiskClass, Target, Transport};
+
+/// The configuration approvald runs with when no file is given and none is in the working
+/// directory. It is the repository's `config.toml`.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../config.toml");
+
+/// A problem with the configuration, naming the key.
+#[derive(Debug, thiserror::Error)]
+#[error("config error at {key}: {problem}")]
+pub struct ConfigError {
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            key: key.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+/// A secret from the config (token, signing secret). Never printed: `Debug` shows `***`.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: impl Into<String>) -> Self {
+        Self(s.into())
+    }
+
+    /// The value, for comparing or sending to the platform. Never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// A filter entry: `/regex/` is a regular expression, anything else a substring.
+#[derive(Clone, Debug)]
+pub enum Filter {
+    Substring(String),
+    Regex(Regex),
+}
+
+impl Filter {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            Filter::Substring(s) => value.contains(s.as_str()),
+            Filter::Regex(r) => r.is_match(value),
+        }
+    }
+
+    /// Exact comparison for plain entries (tool names), regex for `/.../` entries.
+    pub fn matches_exact(&self, value: &str) -> bool {
+        match self {
+            Filter::Substring(s) => value == s,
+            Filter::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Filter {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.len() >= 2 && s.starts_with('/') && s.ends_with('/') {
+            let pattern = &s[1..s.len() - 1];
+            Regex::new(pattern)
+                .map(Filter::Regex)
+                .map_err(|e| serde::de::Error::custom(format!("bad regex {pattern:?}: {e}")))
+        } else {
+            Ok(Filter::Substring(s))
+        }
+    }
+}
+
+/// A regular expression from the config (always a regex, no slashes needed).
+#[derive(Clone, Debug)]
+pub struct ConfigRegex(pub Regex);
+
+impl<'de> Deserialize<'de> for ConfigRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Regex::new(&s)
+            .map(ConfigRegex)
+            .map_err(|e| serde::de::Error::custom(format!("bad regex {s:?}: {e}")))
+    }
+}
+
+/// The whole file.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub storage: StorageConfig,
+    pub approvals: ApprovalPolicy,
+    pub delivery: DeliveryConfig,
+    pub templates: TemplateConfig,
+    pub tokens: Vec<TokenConfig>,
+    pub people: Vec<PersonConfig>,
+    pub rules: Vec<RuleConfig>,
+    pub channels: BTreeMap<String, ChannelConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// Largest request body accepted, in bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
+            max_body_bytes: 1024 * 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StorageConfig {
+    /// Directory for the SQLite database (created if missing).
+    pub data_dir: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self {
+            data_dir: PathBuf::from("data"),
+        }
+    }
+}
+
+/// Kinds of approver that can count towards quorum.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ApproverFactor {
+    /// A person deciding (chat, control UI, CLI, API).
+    UserRequest,
+    /// Config rules and standing approve-always rules.
+    RulesBased,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ApprovalPolicy {
+    pub default_timeout_ms: u64,
+    pub max_timeout_ms: u64,
+    pub min_approvals: u32,
+    pub allowed_approvers: Vec<ApproverFactor>,
+    pub disabled_approvers: Vec<ApproverFactor>,
+    /// Whether people may answer approve-always (which adds a standing rule).
+    pub allow_always: bool,
+}
+
+impl Default for ApprovalPolicy {
+    fn default() -> Self {
+        Self {
+            default_timeout_ms: 5 * 60 * 1000,
+            max_timeout_ms: 24 * 60 * 60 * 1000,
+            min_approvals: 1,
+            allowed_approvers: vec![ApproverFactor::UserRequest, ApproverFactor::RulesBased],
+            disabled_approvers: Vec::new(),
+            allow_always: true,
+        }
+    }
+}
+
+impl ApprovalPolicy {
+    pub fn factor_enabled(&self, factor: ApproverFactor) -> bool {
+        self.allowed_approvers.contains(&factor) && !self.disabled_approvers.contains(&factor)
+    }
+
+    pub fn allowed_decisions(&self) -> Vec<Decision> {
+        Decision::ALL
+            .into_iter()
+            .filter(|d| self.allow_always || *d != Decision::ApproveAlways)
+            .collect()
+    }
+}
+
+/// Where prompts go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// To the chat the request came from (its `origin`).
+    #[default]
+    Session,
+    /// To the configured targets.
+    Targets,
+    /// Both, deduplicated.
+    Both,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    pub mode: DeliveryMode,
+    /// Only forward requests from agents matching one of these (empty: all).
+    pub agent_filter: Vec<Filter>,
+    /// Only forward requests from sessions matching one of these (empty: all).
+    pub session_filter: Vec<Filter>,
+    pub targets: Vec<Target>,
+    /// Where operators are told that a request timed out.
+    pub timeout_notice_targets: Vec<Target>,
+    /// How long a request call waits for deliveries before answering `delivered_to`
+    /// (slower ones go on in the background and are recorded).
+    pub wait_ms: u64,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        Self {
+            mode: DeliveryMode::Session,
+            agent_filter: Vec::new(),
+            session_filter: Vec::new(),
+            targets: Vec::new(),
+            timeout_notice_targets: Vec::new(),
+            wait_ms: 3000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TemplateConfig {
+    /// A directory with your own `request.j2`, `resolved.j2`, `expired.j2`, `timeout_notice.j2`
+    /// (any missing one falls back to the bundled template).
+    pub dir: Option<PathBuf>,
+}
+
+/// What an API token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenScope {
+    /// Create requests and wait for them.
+    Request,
+    /// Decide on requests (as the token's identity).
+    Resolve,
+    /// Everything, including relaying another identity, audit and rules.
+    Admin,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    pub name: String,
+    pub token: Secret,
+    pub scopes: Vec<TokenScope>,
+    /// The person who acts with this token (for self-approval and quorum).
+    #[serde(default)]
+    pub person: Option<String>,
+    #[serde(default)]
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// One human, linked across surfaces so self-approval and quorum see one person.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PersonConfig {
+    pub name: String,
+    #[serde(default)]
+    pub display_name: Option<String>,
+    /// May this person approve? (Requesters who never approve set false.)
+    #[serde(default = "yes")]
+    pub approver: bool,
+    /// Requester ids a gateway may send for this person.
+    #[serde(default)]
+    pub ids: Vec<String>,
+    #[serde(default)]
+    pub discord: Vec<String>,
+    #[serde(default)]
+    pub slack: Vec<String>,
+    #[serde(default)]
+    pub telegram: Vec<String>,
+    /// Sign-in token for the control UI.
+    #[serde(default)]
+    pub ui_token: Option<Secret>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl PersonConfig {
+    pub fn label(&self) -> &str {
+        self.display_name.as_deref().unwrap_or(&self.name)
+    }
+
+    /// This person's ids on a platform surface.
+    pub fn platform_ids(&self, transport: Transport) -> &[String] {
+        match transport {
+            Transport::Discord => &self.discord,
+            Transport::Slack => &self.slack,
+            Transport::Telegram => &self.telegram,
+            _ => &[],
+        }
+    }
+}
+
+/// What a rule says about matching requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleAction {
+    Allow,
+    Deny,
+    Ask,
+}
+
+/// A rules-based approver entry. Every given condition must match; the first matching rule wins.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleConfig {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Tool name, exact, or `/regex/`.
+    #[serde(default)]
+    pub tool: Option<Filter>,
+    /// A regular expression over the command text.
+    #[serde(default)]
+    pub command: Option<ConfigRegex>,
+    /// Risk classes this rule covers (empty: all).
+    #[serde(default)]
+    pub risk: Vec<RiskClass>,
+    /// Agent id, substring or `/regex/`.
+    #[serde(default)]
+    pub agent: Option<Filter>,
+    pub action: RuleAction,
+}
+
+/// Settings shared by every channel; platform crates read their own keys from `settings`.
+#[derive(Debug, Clone, Deserialize, Default)]
+pub struct ChannelConfig {
+    /// Platform user ids allowed to approve through this channel, beyond linked people.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Platform role ids (Discord) whose members may approve.
+    #[serde(default)]
+    pub approver_roles: Vec<String>,
+    #[serde(flatten)]
+    pub settings: toml::Table,
+}
+
+impl Config {
+    /// Load from `path`, else `./config.toml` if present, else the embedded default.
+    pub fn load(path: Option<&Path>) -> anyhow::Result<(Config, String)> {
+        let (text, origin) = match path {
+            Some(p) => (
+                std::fs::read_to_string(p)
+                    .map_err(|e| anyhow::anyhow!("cannot read config {}: {e}", p.display()))?,
+                p.display().to_string(),
+            ),
+            None if Path::new("config.toml").exists() => (
+                std::fs::read_to_string("config.toml")
+                    .map_err(|e| anyhow::anyhow!("cannot read config.toml: {e}"))?,
+                "config.toml".to_string(),
+            ),
+            None => (EMBEDDED_DEFAULT.to_string(), "embedded default".to_string()),
+        };
+        Ok((Config::from_toml_str(&text)?, origin))
+    }
+
+    /// Parse, expand `${VAR}` / `${VAR:-default}` in string values, deserialise and validate.
+    pub fn from_toml_str(text: &str) -> Result<Config, ConfigError> {
+        Self::from_toml_str_with_env(text, &|k| std::env::var(k).ok())
+    }
+
+    pub fn from_toml_str_with_env(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Config, ConfigError> {
+        let mut value: toml::Value = toml::from_str(text).map_err(|e| {
+            let key = e
+                .span()
+                .map(|s| format!("byte {}", s.start))
+                .unwrap_or_else(|| "(file)".into());
+            ConfigError::new(key, e.message().to_string())
+        })?;
+        expand_env(&mut value, &mut Vec::new(), env)?;
+        let config: Config = serde_path_to_error::deserialize(value).map_err(|e| {
+            let path = e.path().to_string();
+            ConfigError::new(path, e.into_inner().to_string())
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.approvals;
+        if a.min_approvals == 0 {
+            return Err(ConfigError::new(
+                "approvals.min_approvals",
+                "must be at least 1",
+            ));
+        }
+        if a.default_timeout_ms == 0 || a.max_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "approvals.default_timeout_ms",
+                "timeouts must be above 0",
+            ));
+        }
+        if a.default_timeout_ms > a.max_timeout_ms {
+            return Err(ConfigError::new(
+                "approvals.default_timeout_ms",
+                format!(
+                    "{} is above approvals.max_timeout_ms ({})",
+                    a.default_timeout_ms, a.max_timeout_ms
+                ),
+            ));
+        }
+        if self.server.max_body_bytes < 1024 {
+            return Err(ConfigError::new(
+                "server.max_body_bytes",
+                "must be at least 1024",
+            ));
+        }
+        let mut people = HashSet::new();
+        let mut platform_ids = HashSet::new();
+        for (i, p) in self.people.iter().enumerate() {
+            if p.name.trim().is_empty() {
+                return Err(ConfigError::new(format!("people[{i}].name"), "is empty"));
+            }
+            if !people.insert(p.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("people[{i}].name"),
+                    format!("{:?} is defined twice", p.name),
+                ));
+            }
+            for (surface, ids) in [
+                ("discord", &p.discord),
+                ("slack", &p.slack),
+                ("telegram", &p.telegram),
+            ] {
+                for id in ids {
+                    if !platform_ids.insert((surface, id.as_str())) {
+                        return Err(ConfigError::new(
+                            format!("people[{i}].{surface}"),
+                            format!("id {id:?} is linked to two people"),
+                        ));
+                    }
+                }
+            }
+        }
+        let mut names = HashSet::new();
+        let mut values = HashSet::new();
+        for (i, t) in self.tokens.iter().enumerate() {
+            if !names.insert(t.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("tokens[{i}].name"),
+                    format!("{:?} is defined twice", t.name),
+                ));
+            }
+            if t.token.expose().len() < 8 {
+                return Err(ConfigError::new(
+                    format!("tokens[{i}].token"),
+                    "must be at least 8 characters",
+                ));
+            }
+            if !values.insert(t.token.expose()) {
+                return Err(ConfigError::new(
+                    format!("tokens[{i}].token"),
+                    "the same token value is used twice",
+                ));
+            }
+            if t.scopes.is_empty() {
+                return Err(ConfigError::new(
+                    format!("tokens[{i}].scopes"),
+                    "needs at least one of request, resolve, admin",
+                ));
+            }
+            if let Some(person) = &t.person
+                && !people.contains(person.as_str())
+            {
+                return Err(ConfigError::new(
+                    format!("tokens[{i}].person"),
+                    format!("no person named {person:?} in [[people]]"),
+                ));
+            }
+        }
+        for (i, p) in self.people.iter().enumerate() {
+            if let Some(ui) = &p.ui_token {
+                if ui.expose().len() < 8 {
+                    return Err(ConfigError::new(
+                        format!("people[{i}].ui_token"),
+                        "must be at least 8 characters",
+                    ));
+                }
+                if !values.insert(ui.expose()) {
+                    return Err(ConfigError::new(
+                        format!("people[{i}].ui_token"),
+                        "the same token value is used twice",
+                    ));
+                }
+            }
+        }
+        for (i, t) in self.delivery.targets.iter().enumerate() {
+            check_target(t, &format!("delivery.targets[{i}]"))?;
+        }
+        for (i, t) in self.delivery.timeout_notice_targets.iter().enumerate() {
+            check_target(t, &format!("delivery.timeout_notice_targets[{i}]"))?;
+        }
+        if let Some(dir) = &self.templates.dir
+            && !dir.is_dir()
+        {
+            return Err(ConfigError::new(
+                "templates.dir",
+                format!("{} is not a directory", dir.display()),
+            ));
+        }
+        Ok(())
+    }
+
+    pub fn person(&self, name: &str) -> Option<&PersonConfig> {
+        self.people.iter().find(|p| p.name == name)
+    }
+}
+
+fn check_target(t: &Target, key: &str) -> Result<(), ConfigError> {
+    if t.channel.trim().is_empty() {
+        return Err(ConfigError::new(format!("{key}.channel"), "is empty"));
+    }
+    if t.to.trim().is_empty() {
+        return Err(ConfigError::new(format!("{key}.to"), "is empty"));
+    }
+    Ok(())
+}
+
+/// Expand `${VAR}` and `${VAR:-default}` in every string value; a missing variable without a
+/// default is an error naming the key.
+fn expand_env(
+    value: &mut toml::Value,
+    path: &mut Vec<String>,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        toml::Value::String(s) if s.contains("${") => {
+            *s = expand_str(s, env).map_err(|p| ConfigError::new(path.join("."), p))?;
+        }
+        toml::Value::Array(items) => {
+            for (i, item) in items.iter_mut().enumerate() {
+                path.push(format!("[{i}]"));
+                expand_env(item, path, env)?;
+                path.pop();
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                path.push(k.clone());
+                expand_env(v, path, env)?;
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated ${...}".to_string())?;
+        let expr = &after[..end];
+        let (name, default) = match expr.split_once(":-") {
+            Some((n, d)) => (n, Some(d)),
+            None => (expr, None),
+        };
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("bad variable name in ${{{expr}}}"));
+        }
+        match (env(name).filter(|v| !v.is_empty()), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => {
+                return Err(format!(
+                    "environment variable {name} is not set (and no ${{{name}:-default}} is given)"
+                ));
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(k: &str) -> Option<String> {
+        (k == "SET").then(|| "from-env-value".to_string())
+    }
+
+    #[test]
+    fn embedded_default_is_valid() {
+        Config::from_toml_str_with_env(EMBEDDED_DEFAULT, &|_| None).unwrap();
+    }
+
+    #[test]
+    fn env_expansion_with_defaults_and_errors_naming_the_key() {
+        let c = Config::from_toml_str_with_env(
+            r#"
+            [[tokens]]
+            name = "a"
+            token = "${SET}"
+            scopes = ["request"]
+            [[tokens]]
+            name = "b"
+            token = "${UNSET:-fallback-token}"
+            scopes = ["resolve"]
+            "#,
+            &env,
+        )
+        .unwrap();
+        assert_eq!(c.tokens[0].token.expose(), "from-env-value");
+        assert_eq!(c.tokens[1].token.expose(), "fallback-token");
+        assert_eq!(format!("{:?}", c.tokens[0].token), "***");
+
+        let err = Config::from_toml_str_with_env(
+            "[[tokens]]\nname='a'\ntoken='${MISSING}'\nscopes=['request']\n",
+            &env,
+        )
+        .unwrap_err();
+        assert_eq!(err.key, "tokens.[0].token");
+        assert!(err.problem.contains("MISSING"), "{err}");
+    }
+
+    #[test]
+    fn bad_regex_and_unknown_keys_are_errors_at_load() {
+        let err = Config::from_toml_str_with_env("[delivery]\nagent_filter = ['/([a-/']\n", &env)
+            .unwrap_err();
+        assert!(err.key.starts_with("delivery.agent_filter"), "{err}");
+        assert!(err.problem.contains("bad regex"), "{err}");
+
+        let err =
+            Config::from_toml_str_with_env("[approvals]\nmin_aprovals = 2\n", &env).unwrap_err();
+        assert!(err.to_string().contains("min_aprovals"), "{err}");
+
+        let err =
+            Config::from_toml_str_with_env("[approvals]\nmin_approvals = 0\n", &env).unwrap_err();
+        assert_eq!(err.key, "approvals.min_approvals");
+    }
+
+    #[test]
+    fn filters_match_substring_or_regex() {
+        let c = Config::from_toml_str_with_env(
+            "[delivery]\nagent_filter = ['ops', '/^prod-[0-9]+$/']\n",
+            &env,
+        )
+        .unwrap();
+        let f = &c.delivery.agent_filter;
+        assert!(f[0].matches("my-ops-agent"));
+        assert!(!f[1].matches("prod-x"));
+        assert!(f[1].matches("prod-42"));
+    }
+}

@@ -1,0 +1,1377 @@
+//! `ToolApprovalForwarder`: the engine. It records a request, lets rules decide where they can,
+//! fans prompts out to the people who may decide, collects their decisions with identity,
+//! enforces quorum, self-approval and expiry, resolves first-wins through the store, and edits
+//! every prompt it sent to show the outcome ("resolved anywhere, updated everywhere").
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use approvald_channel::{
+    ActionData, Channel, InboundAction, InboundReply, InboundSink, Markup, Prompt, PromptAction,
+    PromptView, RefusalKind,
+};
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use serde::Deserialize;
+use serde_json::json;
+use tokio::sync::{Mutex, mpsc, watch};
+
+use crate::audit::{AuditEntry, AuditEvent};
+use crate::config::{ApproverFactor, Config, DeliveryMode};
+use crate::directory::{Caller, Directory, ResolvedActor};
+use crate::domain::{
+    Approval, ApprovalRecord, ApprovalRequest, ApproverIdentity, Decision, Delivery, Origin,
+    Requester, Resolution, RiskClass, Scope, Status, Target, Transport, Verdict,
+};
+use crate::error::ApprovalError;
+use crate::events::{self, EventBus};
+use crate::metrics::Metrics;
+use crate::rules::{self, RuleVerdict, StandingRule};
+use crate::store::{DecisionWrite, InsertOutcome, ListQuery, Store};
+use crate::templates::{PromptContext, TemplateKind, Templates};
+
+/// What a caller sends to ask for approval (the params of `tool.approval.request`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRequest {
+    pub id: Option<String>,
+    pub tool: String,
+    pub summary: Option<String>,
+    pub command: Option<String>,
+    pub args: Option<serde_json::Value>,
+    pub risk_class: Option<RiskClass>,
+    pub agent_id: Option<String>,
+    pub session_key: Option<String>,
+    pub requester: Option<Requester>,
+    pub origin: Option<Origin>,
+    pub timeout_ms: Option<u64>,
+    pub estimated_cost: Option<f64>,
+    pub allowed_decisions: Option<Vec<Decision>>,
+    /// Handled by the API layer; accepted here so one struct parses the params.
+    pub wait: Option<bool>,
+}
+
+/// Who is deciding, before the engine has looked them up.
+#[derive(Debug, Clone)]
+pub enum Actor {
+    /// An API token, deciding through the CLI or the API.
+    Caller {
+        caller: Caller,
+        transport: Transport,
+    },
+    /// An admin token relaying an identity from elsewhere.
+    Relay {
+        admin: Caller,
+        identity: ApproverIdentity,
+    },
+    /// A person on a chat platform.
+    Platform {
+        channel: String,
+        user: approvald_channel::PlatformUser,
+    },
+    /// A person signed in to the control UI.
+    ControlUi { person: String },
+}
+
+/// A decision to apply.
+#[derive(Debug, Clone)]
+pub struct DecisionAttempt {
+    /// Full id or a unique prefix of at least 6 characters.
+    pub id: String,
+    pub decision: Decision,
+    pub reason: Option<String>,
+    pub actor: Actor,
+}
+
+/// How long a request call waits for deliveries at most, and the cap on one edit or delivery.
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
+
+struct Inner {
+    config: Arc<Config>,
+    directory: Directory,
+    store: Arc<dyn Store>,
+    channels: HashMap<String, Arc<dyn Channel>>,
+    templates: Templates,
+    events: EventBus,
+    metrics: Metrics,
+    /// Callers waiting on a pending request. A cache: the store is the truth.
+    waiters: DashMap<String, watch::Sender<Option<Arc<ApprovalRecord>>>>,
+    /// Expiry timers of pending requests.
+    timers: DashMap<String, tokio::task::AbortHandle>,
+    /// Serialises decisions on one request inside this process (the store's compare-and-set
+    /// guards across processes).
+    locks: DashMap<String, Arc<Mutex<()>>>,
+    /// Active standing rules, mirrored from the store.
+    standing: RwLock<Vec<StandingRule>>,
+}
+
+/// See the module docs. Cheap to clone.
+#[derive(Clone)]
+pub struct ToolApprovalForwarder {
+    inner: Arc<Inner>,
+}
+
+impl ToolApprovalForwarder {
+    /// Build the engine. Config targets must name a registered channel.
+    pub fn new(
+        config: Arc<Config>,
+        store: Arc<dyn Store>,
+        templates: Templates,
+        channels: Vec<Arc<dyn Channel>>,
+    ) -> anyhow::Result<Self> {
+        let channels: HashMap<String, Arc<dyn Channel>> = channels
+            .into_iter()
+            .map(|c| (c.name().to_string(), c))
+            .collect();
+        for (key, list) in [
+            ("delivery.targets", &config.delivery.targets),
+            (
+                "delivery.timeout_notice_targets",
+                &config.delivery.timeout_notice_targets,
+            ),
+        ] {
+            for (i, t) in list.iter().enumerate() {
+                if !channels.contains_key(&t.channel) {
+                    anyhow::bail!(
+                        "config error at {key}[{i}].channel: no channel named {:?} is configured (known: {:?})",
+                        t.channel,
+                        channels.keys().collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                directory: Directory::new(&config),
+                config,
+                store,
+                channels,
+                templates,
+                events: EventBus::default(),
+                metrics: Metrics::default(),
+                waiters: DashMap::new(),
+                timers: DashMap::new(),
+                locks: DashMap::new(),
+                standing: RwLock::new(Vec::new()),
+            }),
+        })
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.inner.config
+    }
+
+    pub fn directory(&self) -> &Directory {
+        &self.inner.directory
+    }
+
+    pub fn events(&self) -> &EventBus {
+        &self.inner.events
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn templates(&self) -> &Templates {
+        &self.inner.templates
+    }
+
+    pub fn channel_health(&self) -> Vec<(String, approvald_channel::ChannelHealth)> {
+        let mut out: Vec<_> = self
+            .inner
+            .channels
+            .iter()
+            .map(|(n, c)| (n.clone(), c.health()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Re-arm timers for every pending request, load standing rules, start channel receivers.
+    /// Requests whose deadline passed while we were down expire now.
+    pub async fn start(&self) -> anyhow::Result<()> {
+        let standing = self.inner.store.standing_rules(false).await?;
+        if let Ok(mut s) = self.inner.standing.write() {
+            *s = standing;
+        }
+        let pending = self.inner.store.pending_deadlines().await?;
+        self.inner.metrics.pending.set(pending.len() as i64);
+        tracing::info!(pending = pending.len(), "re-arming expiry timers");
+        for (id, deadline) in pending {
+            self.inner
+                .waiters
+                .entry(id.clone())
+                .or_insert_with(|| watch::channel(None).0);
+            self.arm_timer(&id, deadline);
+        }
+        let sink: Arc<dyn InboundSink> = Arc::new(self.clone());
+        for (name, channel) in &self.inner.channels {
+            channel
+                .start(sink.clone())
+                .await
+                .map_err(|e| anyhow::anyhow!("channel {name} failed to start: {e}"))?;
+        }
+        Ok(())
+    }
+
+    // ----- requests -------------------------------------------------------------------
+
+    /// Record a request, let rules decide, deliver prompts. Returns the record as it stands
+    /// after deliveries (or `delivery.wait_ms`), and whether this call created it.
+    pub async fn request(
+        &self,
+        new: NewRequest,
+        caller: &Caller,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let req = self.build_request(new, caller)?;
+        match self.inner.store.insert_request(&req).await? {
+            InsertOutcome::Inserted => {}
+            InsertOutcome::Exists(existing) => {
+                // A caller retrying with its own id gets the same request back, never a
+                // second prompt; the same id with other content is refused.
+                if existing.request.same_content(&req) {
+                    return Ok(*existing);
+                }
+                return Err(ApprovalError::DuplicateId(format!(
+                    "approval {} already exists with different content",
+                    req.id
+                )));
+            }
+        }
+        let id = req.id.clone();
+        self.inner.metrics.requests.inc();
+        self.inner.metrics.pending.inc();
+        self.inner
+            .waiters
+            .insert(id.clone(), watch::channel(None).0);
+        self.audit(
+            AuditEntry::new(AuditEvent::Requested, Some(&id)).detail(json!({
+                "tool": req.tool, "risk_class": req.risk_class, "agent_id": req.agent_id,
+                "session_key": req.session_key, "requester": req.requester,
+                "token": req.requested_via_token, "expires_at": req.expires_at,
+            })),
+        )
+        .await;
+
+        // Rules first: a deny or an allow that meets quorum settles it before anyone is asked.
+        if self
+            .inner
+            .config
+            .approvals
+            .factor_enabled(ApproverFactor::RulesBased)
+        {
+            let verdict = {
+                let standing = self
+                    .inner
+                    .standing
+                    .read()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                rules::evaluate(&self.inner.config.rules, &standing, &req)
+            };
+            if let Some(identity) = verdict.identity() {
+                let decision = match verdict {
+                    RuleVerdict::Deny { .. } => Decision::Deny,
+                    _ => Decision::ApproveOnce,
+                };
+                let actor = ResolvedActor {
+                    identity,
+                    authorised: true,
+                    why_not: None,
+                    token_name: None,
+                };
+                let rec = self.load(&id).await?;
+                self.apply_decision(rec, actor, decision, None).await?;
+            }
+        }
+
+        let rec = self.load(&id).await?;
+        if rec.status != Status::Pending {
+            return Ok(rec);
+        }
+        self.arm_timer(&id, req.expires_at);
+        self.inner
+            .events
+            .publish(events::REQUESTED, self.view_json(&rec));
+        self.deliver_all(&rec).await;
+        let rec = self.load(&id).await?;
+        if rec.delivered_to().is_empty() && self.inner.events.subscriber_count() == 0 {
+            tracing::warn!(
+                id = %id,
+                "no prompt was delivered and no UI/CLI client is watching: the request is recorded and visible in `approvald pending`"
+            );
+        }
+        Ok(rec)
+    }
+
+    fn build_request(
+        &self,
+        new: NewRequest,
+        caller: &Caller,
+    ) -> Result<ApprovalRequest, ApprovalError> {
+        let policy = &self.inner.config.approvals;
+        let id = match new.id {
+            Some(id) => uuid::Uuid::parse_str(&id)
+                .map_err(|_| ApprovalError::InvalidParams(format!("id {id:?} is not a UUID")))?
+                .hyphenated()
+                .to_string(),
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        if new.tool.trim().is_empty() {
+            return Err(ApprovalError::InvalidParams(
+                "tool must not be empty".into(),
+            ));
+        }
+        if new.command.is_none() && new.args.is_none() && new.summary.is_none() {
+            return Err(ApprovalError::InvalidParams(
+                "give at least one of command, args or summary: people must see what they approve"
+                    .into(),
+            ));
+        }
+        if let Some(t) = new.timeout_ms
+            && t == 0
+        {
+            return Err(ApprovalError::InvalidParams(
+                "timeout_ms must be above 0".into(),
+            ));
+        }
+        if let Some(cost) = new.estimated_cost
+            && (!cost.is_finite() || cost < 0.0)
+        {
+            return Err(ApprovalError::InvalidParams(
+                "estimated_cost must be a non-negative number".into(),
+            ));
+        }
+        let timeout = new
+            .timeout_ms
+            .unwrap_or(policy.default_timeout_ms)
+            .min(policy.max_timeout_ms);
+        let mut allowed = policy.allowed_decisions();
+        if let Some(asked) = new.allowed_decisions {
+            if asked.is_empty() {
+                return Err(ApprovalError::InvalidParams(
+                    "allowed_decisions must not be empty".into(),
+                ));
+            }
+            allowed.retain(|d| asked.contains(d));
+            if !allowed.contains(&Decision::Deny) {
+                allowed.push(Decision::Deny);
+            }
+        }
+        let created_at = Utc::now();
+        Ok(ApprovalRequest {
+            id,
+            tool: new.tool,
+            summary: new.summary,
+            command: new.command,
+            args: new.args,
+            risk_class: new.risk_class.unwrap_or_default(),
+            agent_id: new.agent_id,
+            session_key: new.session_key,
+            requester: new.requester,
+            origin: new.origin,
+            estimated_cost: new.estimated_cost,
+            created_at,
+            expires_at: created_at + chrono::Duration::milliseconds(timeout as i64),
+            allowed_decisions: allowed,
+            requested_via_token: Some(caller.token_name.clone()),
+        })
+    }
+
+    /// Wait until the request is resolved, or `timeout` passes (then answer it as it is).
+    pub async fn wait(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let id = self.resolve_id(id).await?;
+        // Subscribe before reading the store: a resolution is written to the store before
+        // waiters are told, so one of the two always sees it.
+        let mut rx = self
+            .inner
+            .waiters
+            .entry(id.clone())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        let rec = self.load(&id).await?;
+        if rec.status != Status::Pending {
+            self.inner.waiters.remove_if(&id, |_, tx| {
+                tx.borrow().is_none() && tx.receiver_count() <= 1
+            });
+            return Ok(rec);
+        }
+        let until_expiry = (rec.request.expires_at - Utc::now())
+            .to_std()
+            .unwrap_or_default()
+            + Duration::from_secs(5);
+        let limit = timeout.map_or(until_expiry, |t| t.min(until_expiry));
+        let settled = match tokio::time::timeout(limit, rx.wait_for(|v| v.is_some())).await {
+            Ok(Ok(v)) => v.clone(),
+            _ => None,
+        };
+        match settled {
+            Some(rec) => Ok((*rec).clone()),
+            None => self.load(&id).await,
+        }
+    }
+
+    pub async fn get(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
+        let id = self.resolve_id(id).await?;
+        self.load(&id).await
+    }
+
+    pub async fn list(&self, query: &ListQuery) -> Result<Vec<ApprovalRecord>, ApprovalError> {
+        Ok(self.inner.store.list(query).await?)
+    }
+
+    async fn load(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or_else(|| ApprovalError::UnknownId(id.to_string()))
+    }
+
+    /// A full id, or the one id a prefix of at least 6 characters names.
+    pub async fn resolve_id(&self, given: &str) -> Result<String, ApprovalError> {
+        let given = given.trim().to_ascii_lowercase();
+        if given.len() < 6 || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            return Err(ApprovalError::InvalidParams(format!(
+                "id {given:?} must be a full id or a prefix of at least 6 hex characters"
+            )));
+        }
+        let ids = self.inner.store.ids_with_prefix(&given, 5).await?;
+        match ids.as_slice() {
+            [] => Err(ApprovalError::UnknownId(given)),
+            [only] => Ok(only.clone()),
+            many => {
+                if many.iter().any(|m| m == &given) {
+                    return Ok(given);
+                }
+                Err(ApprovalError::AmbiguousId {
+                    prefix: given,
+                    candidates: many.to_vec(),
+                })
+            }
+        }
+    }
+
+    // ----- decisions ------------------------------------------------------------------
+
+    /// Apply a person's decision. First-wins; refusals change nothing and are audited.
+    pub async fn resolve(&self, attempt: DecisionAttempt) -> Result<ApprovalRecord, ApprovalError> {
+        let id = self.resolve_id(&attempt.id).await?;
+        let lock = self.lock_for(&id);
+        let _guard = lock.lock().await;
+        let rec = self.load(&id).await?;
+        let actor = self.actor(&attempt.actor)?;
+
+        let refuse = |err: ApprovalError| (err, actor.identity.clone());
+        let outcome: Result<(), (ApprovalError, ApproverIdentity)> = (|| {
+            if !actor.authorised {
+                return Err(refuse(ApprovalError::NotAnApprover(
+                    actor
+                        .why_not
+                        .clone()
+                        .unwrap_or_else(|| "not an approver".into()),
+                )));
+            }
+            if !self
+                .inner
+                .config
+                .approvals
+                .factor_enabled(ApproverFactor::UserRequest)
+            {
+                return Err(refuse(ApprovalError::NotAnApprover(
+                    "people may not decide: user_request approvers are disabled".into(),
+                )));
+            }
+            Ok(())
+        })();
+        if let Err((err, who)) = outcome {
+            return Err(self.refused(&id, &who, attempt.decision, err).await);
+        }
+
+        if rec.status != Status::Pending {
+            let repeat = rec.approvals.iter().any(|a| {
+                a.approver.approver_id == actor.identity.approver_id
+                    && a.decision == attempt.decision
+            });
+            if repeat && rec.status != Status::Expired {
+                return Ok(rec);
+            }
+            let err = self.final_state_error(&rec);
+            return Err(self
+                .refused(&id, &actor.identity, attempt.decision, err)
+                .await);
+        }
+        if Utc::now() >= rec.request.expires_at {
+            drop(_guard);
+            self.expire(&id, false).await;
+            let rec = self.load(&id).await?;
+            let err = self.final_state_error(&rec);
+            return Err(self
+                .refused(&id, &actor.identity, attempt.decision, err)
+                .await);
+        }
+        if self.inner.directory.is_self_approval(&rec.request, &actor) {
+            let err = ApprovalError::SelfApproval(format!(
+                "{} asked for this and cannot decide on it",
+                actor.identity.display_name
+            ));
+            return Err(self
+                .refused(&id, &actor.identity, attempt.decision, err)
+                .await);
+        }
+        if !rec.request.allowed_decisions.contains(&attempt.decision) {
+            let err = ApprovalError::InvalidParams(format!(
+                "{} is not allowed for this request (allowed: {})",
+                attempt.decision,
+                rec.request
+                    .allowed_decisions
+                    .iter()
+                    .map(|d| d.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return Err(self
+                .refused(&id, &actor.identity, attempt.decision, err)
+                .await);
+        }
+        if let Some(previous) = rec
+            .approvals
+            .iter()
+            .find(|a| a.approver.approver_id == actor.identity.approver_id)
+            && (previous.decision.is_approval() == attempt.decision.is_approval())
+        {
+            // Same person again (another surface, a double click): counts once.
+            return Ok(rec);
+        }
+        self.apply_decision(rec, actor, attempt.decision, attempt.reason)
+            .await
+    }
+
+    /// Record one decision and resolve when it settles the request. Caller holds the lock.
+    async fn apply_decision(
+        &self,
+        rec: ApprovalRecord,
+        actor: ResolvedActor,
+        decision: Decision,
+        reason: Option<String>,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let id = rec.request.id.clone();
+        let approval = Approval {
+            approver: actor.identity.clone(),
+            decision,
+            reason: reason.clone(),
+            decided_at: Utc::now(),
+        };
+        let mut approvals = rec.approvals.clone();
+        approvals.push(approval.clone());
+        let min = self.inner.config.approvals.min_approvals as usize;
+        let granted = distinct_approvals(&approvals);
+        let resolution = if decision == Decision::Deny {
+            Some(Resolution {
+                verdict: Verdict::Deny,
+                scope: None,
+                decided_by: Some(actor.identity.clone()),
+                reason: reason.clone(),
+                resolved_at: approval.decided_at,
+            })
+        } else if granted.len() >= min {
+            let always = granted
+                .iter()
+                .all(|a| a.decision == Decision::ApproveAlways);
+            Some(Resolution {
+                verdict: Verdict::Approve,
+                scope: Some(if always { Scope::Always } else { Scope::Once }),
+                decided_by: Some(actor.identity.clone()),
+                reason: reason.clone(),
+                resolved_at: approval.decided_at,
+            })
+        } else {
+            None
+        };
+        // A deny after one's own approval is allowed (changing one's mind towards safety), so
+        // it gets its own key; approvals share one key per approver, so nobody counts twice.
+        let key = if decision == Decision::Deny {
+            format!("{}#deny", actor.identity.approver_id)
+        } else {
+            actor.identity.approver_id.clone()
+        };
+        let write = self
+            .inner
+            .store
+            .record_decision(&id, &key, &approval, resolution.as_ref())
+            .await?;
+        match write {
+            DecisionWrite::Recorded => {}
+            DecisionWrite::ApproverAlreadyDecided => return self.load(&id).await,
+            DecisionWrite::NotPending => {
+                let now = self.load(&id).await?;
+                return Err(self.final_state_error(&now));
+            }
+        }
+        self.audit(
+            AuditEntry::new(AuditEvent::Decision, Some(&id))
+                .actor(&actor.identity)
+                .detail(json!({ "decision": decision, "reason": reason })),
+        )
+        .await;
+        let rec = self.load(&id).await?;
+        match resolution {
+            Some(resolution) => {
+                self.finish(rec.clone(), &resolution, false).await;
+                Ok(rec)
+            }
+            None => {
+                let progress = progress_text(&rec, min);
+                self.inner.events.publish(
+                    events::UPDATED,
+                    json!({ "approval": self.view_json(&rec), "progress": progress }),
+                );
+                self.edit_all(&rec, TemplateKind::Request);
+                Ok(rec)
+            }
+        }
+    }
+
+    fn final_state_error(&self, rec: &ApprovalRecord) -> ApprovalError {
+        match &rec.resolution {
+            Some(r) if r.verdict == Verdict::Timeout => ApprovalError::Expired {
+                id: rec.request.id.clone(),
+                expires_at: rec.request.expires_at.to_rfc3339(),
+            },
+            Some(r) => ApprovalError::AlreadyResolved {
+                id: rec.request.id.clone(),
+                status: rec.status,
+                verdict: r.verdict,
+                decided_by: r.decided_by.clone(),
+            },
+            None => ApprovalError::Internal(format!(
+                "{} is {:?} without a resolution",
+                rec.request.id, rec.status
+            )),
+        }
+    }
+
+    async fn refused(
+        &self,
+        id: &str,
+        who: &ApproverIdentity,
+        decision: Decision,
+        err: ApprovalError,
+    ) -> ApprovalError {
+        self.inner
+            .metrics
+            .refusals
+            .get_or_create(&vec![("kind", err.kind().to_string())])
+            .inc();
+        tracing::info!(id, approver = %who.approver_id, transport = %who.transport, kind = err.kind(), "decision refused");
+        self.audit(
+            AuditEntry::new(AuditEvent::Refused, Some(id))
+                .actor(who)
+                .detail(
+                    json!({ "decision": decision, "kind": err.kind(), "why": err.to_string() }),
+                ),
+        )
+        .await;
+        err
+    }
+
+    fn actor(&self, actor: &Actor) -> Result<ResolvedActor, ApprovalError> {
+        let dir = &self.inner.directory;
+        match actor {
+            Actor::Caller { caller, transport } => Ok(dir.actor_for_caller(caller, *transport)),
+            Actor::Relay { admin, identity } => {
+                admin.require(crate::config::TokenScope::Admin)?;
+                Ok(dir.actor_for_relay(identity.clone(), admin))
+            }
+            Actor::Platform { channel, user } => {
+                let transport = self
+                    .inner
+                    .channels
+                    .get(channel)
+                    .map(|c| c.transport())
+                    .ok_or_else(|| {
+                        ApprovalError::InvalidParams(format!("unknown channel {channel:?}"))
+                    })?;
+                Ok(dir.actor_for_platform_user(channel, transport, user))
+            }
+            Actor::ControlUi { person } => {
+                let p = dir.person(person).ok_or_else(|| {
+                    ApprovalError::Unauthorized(format!("unknown person {person:?}"))
+                })?;
+                Ok(ResolvedActor {
+                    identity: ApproverIdentity {
+                        approver_id: format!("person:{}", p.name),
+                        display_name: p.label().to_string(),
+                        transport: Transport::ControlUi,
+                        platform_user_id: None,
+                        channel_id: None,
+                        person: Some(p.name.clone()),
+                    },
+                    authorised: p.approver,
+                    why_not: (!p.approver).then(|| format!("{} is not an approver", p.label())),
+                    token_name: None,
+                })
+            }
+        }
+    }
+
+    fn lock_for(&self, id: &str) -> Arc<Mutex<()>> {
+        self.inner.locks.entry(id.to_string()).or_default().clone()
+    }
+
+    // ----- resolution and expiry ------------------------------------------------------
+
+    /// Everything that follows a final verdict: wake waiters, stop the timer, count, audit,
+    /// announce, edit every prompt, and add a standing rule for approve-always.
+    async fn finish(&self, rec: ApprovalRecord, resolution: &Resolution, from_timer: bool) {
+        let id = rec.request.id.clone();
+        let shared = Arc::new(rec.clone());
+        if let Some((_, tx)) = self.inner.waiters.remove(&id) {
+            let _ = tx.send(Some(shared));
+        }
+        if let Some((_, timer)) = self.inner.timers.remove(&id)
+            && !from_timer
+        {
+            timer.abort();
+        }
+        self.inner.locks.remove(&id);
+        let m = &self.inner.metrics;
+        m.pending.dec();
+        let transport = resolution
+            .decided_by
+            .as_ref()
+            .map(|d| d.transport.as_str())
+            .unwrap_or("none");
+        m.decisions
+            .get_or_create(&vec![
+                ("verdict", resolution.verdict.as_str().to_string()),
+                ("transport", transport.to_string()),
+            ])
+            .inc();
+        let elapsed = (resolution.resolved_at - rec.request.created_at)
+            .to_std()
+            .unwrap_or_default();
+        m.time_to_decision.observe(elapsed.as_secs_f64());
+
+        let (event, method, kind) = if resolution.verdict == Verdict::Timeout {
+            (AuditEvent::Expired, events::EXPIRED, TemplateKind::Expired)
+        } else {
+            (
+                AuditEvent::Resolved,
+                events::RESOLVED,
+                TemplateKind::Resolved,
+            )
+        };
+        let mut entry = AuditEntry::new(event, Some(&id)).detail(json!({
+            "verdict": resolution.verdict, "scope": resolution.scope, "reason": resolution.reason,
+        }));
+        if let Some(by) = &resolution.decided_by {
+            entry = entry.actor(by);
+        }
+        self.audit(entry).await;
+        tracing::info!(id = %id, verdict = resolution.verdict.as_str(), by = ?resolution.decided_by.as_ref().map(|d| &d.approver_id), "approval resolved");
+        self.inner.events.publish(method, result_json(&rec));
+        self.edit_all(&rec, kind);
+
+        if resolution.verdict == Verdict::Timeout {
+            self.send_timeout_notices(&rec).await;
+        }
+        if resolution.scope == Some(Scope::Always)
+            && let Some(by) = &resolution.decided_by
+        {
+            let rule = StandingRule::from_request(&rec.request, by);
+            match self.inner.store.add_standing_rule(&rule).await {
+                Ok(()) => {
+                    if let Ok(mut s) = self.inner.standing.write() {
+                        s.push(rule.clone());
+                    }
+                    self.audit(
+                        AuditEntry::new(AuditEvent::RuleAdded, Some(&id))
+                            .actor(by)
+                            .detail(json!({ "rule": rule })),
+                    )
+                    .await;
+                }
+                Err(e) => tracing::error!(error = %e, "could not store the standing rule"),
+            }
+        }
+    }
+
+    fn arm_timer(&self, id: &str, deadline: DateTime<Utc>) {
+        let engine = self.clone();
+        let key = id.to_string();
+        let delay = (deadline - Utc::now()).to_std().unwrap_or_default();
+        let handle = tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            engine.expire(&key, true).await;
+        });
+        if let Some(old) = self
+            .inner
+            .timers
+            .insert(id.to_string(), handle.abort_handle())
+        {
+            old.abort();
+        }
+    }
+
+    /// Resolve as `timeout` if still pending.
+    async fn expire(&self, id: &str, from_timer: bool) {
+        let lock = self.lock_for(id);
+        let _guard = lock.lock().await;
+        let rec = match self.load(id).await {
+            Ok(rec) if rec.status == Status::Pending => rec,
+            Ok(_) => return,
+            Err(e) => {
+                tracing::error!(id, error = %e, "cannot load request to expire it");
+                return;
+            }
+        };
+        let resolution = Resolution {
+            verdict: Verdict::Timeout,
+            scope: None,
+            decided_by: None,
+            reason: Some("no decision before the deadline".into()),
+            resolved_at: Utc::now(),
+        };
+        match self.inner.store.resolve(id, &resolution).await {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                tracing::error!(id, error = %e, "cannot store expiry; retrying in 1s");
+                self.arm_timer(id, Utc::now() + chrono::Duration::seconds(1));
+                return;
+            }
+        }
+        let rec = ApprovalRecord {
+            status: Status::Expired,
+            resolution: Some(resolution.clone()),
+            ..rec
+        };
+        self.finish(rec, &resolution, from_timer).await;
+    }
+
+    // ----- delivery -------------------------------------------------------------------
+
+    /// Where this request's prompts go: its origin (`session`), the configured targets
+    /// (`targets`), or both, after the agent/session filters, deduplicated.
+    fn targets_for(&self, req: &ApprovalRequest) -> Vec<Target> {
+        let d = &self.inner.config.delivery;
+        let passes = |filters: &[crate::config::Filter], value: &Option<String>| {
+            filters.is_empty()
+                || value
+                    .as_deref()
+                    .is_some_and(|v| filters.iter().any(|f| f.matches(v)))
+        };
+        if !passes(&d.agent_filter, &req.agent_id) || !passes(&d.session_filter, &req.session_key) {
+            return Vec::new();
+        }
+        let mut out = Vec::new();
+        if matches!(d.mode, DeliveryMode::Session | DeliveryMode::Both)
+            && let Some(origin) = &req.origin
+        {
+            out.push(origin.target());
+        }
+        if matches!(d.mode, DeliveryMode::Targets | DeliveryMode::Both) {
+            out.extend(d.targets.iter().cloned());
+        }
+        let mut seen = HashSet::new();
+        out.retain(|t| seen.insert((t.channel.clone(), t.to.clone(), t.thread_id.clone())));
+        out
+    }
+
+    /// Fan out concurrently; wait at most `delivery.wait_ms` for the answers, the rest are
+    /// recorded in the background.
+    async fn deliver_all(&self, rec: &ApprovalRecord) {
+        let targets = self.targets_for(&rec.request);
+        if targets.is_empty() {
+            return;
+        }
+        let (tx, mut rx) = mpsc::channel(targets.len());
+        for target in targets {
+            let engine = self.clone();
+            let rec = rec.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                engine.deliver_one(&rec, target).await;
+                let _ = tx.send(()).await;
+            });
+        }
+        drop(tx);
+        let wait = Duration::from_millis(self.inner.config.delivery.wait_ms);
+        let _ = tokio::time::timeout(wait, async { while rx.recv().await.is_some() {} }).await;
+    }
+
+    async fn deliver_one(&self, rec: &ApprovalRecord, target: Target) {
+        let id = &rec.request.id;
+        let Some(channel) = self.inner.channels.get(&target.channel).cloned() else {
+            self.record_delivery_failure(
+                rec,
+                &target,
+                "unknown",
+                format!("no channel named {:?}", target.channel),
+            )
+            .await;
+            return;
+        };
+        let prompt = match self.prompt(rec, channel.markup(), TemplateKind::Request) {
+            Ok(p) => p,
+            Err(e) => {
+                self.record_delivery_failure(
+                    rec,
+                    &target,
+                    channel.transport().as_str(),
+                    e.to_string(),
+                )
+                .await;
+                return;
+            }
+        };
+        let sent = tokio::time::timeout(DELIVERY_TIMEOUT, channel.deliver(&target, &prompt)).await;
+        let message = match sent {
+            Ok(Ok(m)) => m,
+            Ok(Err(e)) => {
+                self.record_delivery_failure(rec, &target, channel.transport().as_str(), e.message)
+                    .await;
+                return;
+            }
+            Err(_) => {
+                self.record_delivery_failure(
+                    rec,
+                    &target,
+                    channel.transport().as_str(),
+                    "timed out".into(),
+                )
+                .await;
+                return;
+            }
+        };
+        self.inner
+            .metrics
+            .deliveries
+            .get_or_create(&vec![
+                ("platform", channel.transport().as_str().to_string()),
+                ("result", "delivered".to_string()),
+            ])
+            .inc();
+        let delivery = Delivery {
+            target: target.clone(),
+            message: Some(message.clone()),
+            error: None,
+            at: Utc::now(),
+        };
+        if let Err(e) = self.inner.store.record_delivery(id, &delivery).await {
+            tracing::error!(id = %id, error = %e, "cannot record delivery");
+        }
+        self.audit(
+            AuditEntry::new(AuditEvent::Delivered, Some(id))
+                .detail(json!({ "target": target, "message": message })),
+        )
+        .await;
+        // Resolved while this prompt was on its way: show the outcome on it too.
+        if let Ok(now) = self.load(id).await
+            && now.status != Status::Pending
+        {
+            let kind = if now.status == Status::Expired {
+                TemplateKind::Expired
+            } else {
+                TemplateKind::Resolved
+            };
+            if let Ok(p) = self.prompt(&now, channel.markup(), kind) {
+                let _ = channel.update(&message, &p).await;
+            }
+        }
+    }
+
+    async fn record_delivery_failure(
+        &self,
+        rec: &ApprovalRecord,
+        target: &Target,
+        platform: &str,
+        error: String,
+    ) {
+        let id = &rec.request.id;
+        tracing::warn!(id = %id, channel = %target.channel, to = %target.to, error = %error, "prompt could not be delivered");
+        self.inner
+            .metrics
+            .deliveries
+            .get_or_create(&vec![
+                ("platform", platform.to_string()),
+                ("result", "failed".to_string()),
+            ])
+            .inc();
+        let delivery = Delivery {
+            target: target.clone(),
+            message: None,
+            error: Some(error.clone()),
+            at: Utc::now(),
+        };
+        if let Err(e) = self.inner.store.record_delivery(id, &delivery).await {
+            tracing::error!(id = %id, error = %e, "cannot record failed delivery");
+        }
+        self.audit(
+            AuditEntry::new(AuditEvent::DeliveryFailed, Some(id))
+                .detail(json!({ "target": target, "error": error })),
+        )
+        .await;
+        self.inner.events.publish(
+            "approvald.delivery_failed",
+            json!({ "id": id, "target": target, "error": error }),
+        );
+    }
+
+    /// Edit every delivered prompt of this request, on every surface, concurrently.
+    fn edit_all(&self, rec: &ApprovalRecord, kind: TemplateKind) {
+        for delivery in &rec.deliveries {
+            let Some(message) = delivery.message.clone() else {
+                continue;
+            };
+            let Some(channel) = self.inner.channels.get(&message.channel).cloned() else {
+                continue;
+            };
+            let prompt = match self.prompt(rec, channel.markup(), kind) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot render edit");
+                    continue;
+                }
+            };
+            tokio::spawn(async move {
+                match tokio::time::timeout(DELIVERY_TIMEOUT, channel.update(&message, &prompt))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(message = ?message, error = %e, "prompt edit failed")
+                    }
+                    Err(_) => tracing::warn!(message = ?message, "prompt edit timed out"),
+                }
+            });
+        }
+    }
+
+    async fn send_timeout_notices(&self, rec: &ApprovalRecord) {
+        for target in &self.inner.config.delivery.timeout_notice_targets {
+            let Some(channel) = self.inner.channels.get(&target.channel).cloned() else {
+                continue;
+            };
+            let ctx = self.context(rec);
+            let text = match self.inner.templates.render(
+                channel.markup(),
+                TemplateKind::TimeoutNotice,
+                &ctx,
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot render timeout notice");
+                    continue;
+                }
+            };
+            let result =
+                tokio::time::timeout(DELIVERY_TIMEOUT, channel.notify(target, &text)).await;
+            let error = match result {
+                Ok(Ok(_)) => None,
+                Ok(Err(e)) => Some(e.message),
+                Err(_) => Some("timed out".to_string()),
+            };
+            self.audit(
+                AuditEntry::new(AuditEvent::TimeoutNotice, Some(&rec.request.id))
+                    .detail(json!({ "target": target, "error": error })),
+            )
+            .await;
+        }
+    }
+
+    // ----- rendering ------------------------------------------------------------------
+
+    fn context(&self, rec: &ApprovalRecord) -> PromptContext {
+        let req = &rec.request;
+        let now = Utc::now();
+        let left = (req.expires_at - now).num_seconds();
+        let expires_in = if left <= 0 {
+            "now".to_string()
+        } else if left < 60 {
+            format!("in {left}s")
+        } else if left < 3600 {
+            format!("in {}m {}s", left / 60, left % 60)
+        } else {
+            format!("in {}h {}m", left / 3600, (left % 3600) / 60)
+        };
+        let min = self.inner.config.approvals.min_approvals as usize;
+        let resolution = rec.resolution.as_ref();
+        let outcome_title = resolution.map(|r| match (r.verdict, r.scope) {
+            (Verdict::Approve, Some(Scope::Always)) => "Approved (always)".to_string(),
+            (Verdict::Approve, _) => "Approved (once)".to_string(),
+            (Verdict::Deny, _) => "Denied".to_string(),
+            (Verdict::Timeout, _) => "Expired".to_string(),
+        });
+        PromptContext {
+            approval_id: req.id.clone(),
+            short_id: req.short_id().to_string(),
+            tool: req.tool.clone(),
+            summary: req.summary.clone(),
+            command: req.command.clone(),
+            args: req
+                .args
+                .as_ref()
+                .map(|a| serde_json::to_string_pretty(a).unwrap_or_default()),
+            risk: req.risk_class.as_str().to_string(),
+            requester: req.requester.as_ref().map(|r| match &r.display_name {
+                Some(n) => format!("{n} ({})", r.id),
+                None => r.id.clone(),
+            }),
+            agent_id: req.agent_id.clone(),
+            session_key: req.session_key.clone(),
+            expires_at: req.expires_at.to_rfc3339(),
+            expires_at_text: req.expires_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
+            expires_in,
+            expires_unix: req.expires_at.timestamp(),
+            decisions: req
+                .allowed_decisions
+                .iter()
+                .map(|d| d.as_str().to_string())
+                .collect(),
+            progress: (rec.status == Status::Pending || min > 1)
+                .then(|| progress_text(rec, min))
+                .flatten(),
+            status: rec.status.as_str().to_string(),
+            outcome_title,
+            decided_by: resolution
+                .and_then(|r| r.decided_by.as_ref())
+                .map(identity_label),
+            reason: resolution.and_then(|r| r.reason.clone()),
+            approvers: distinct_approvals(&rec.approvals)
+                .iter()
+                .map(|a| identity_label(&a.approver))
+                .collect(),
+            delivered_count: rec.delivered_to().len(),
+        }
+    }
+
+    /// The prompt for one markup: text from the shared template, structured view, buttons
+    /// while pending.
+    pub fn prompt(
+        &self,
+        rec: &ApprovalRecord,
+        markup: Markup,
+        kind: TemplateKind,
+    ) -> Result<Prompt, crate::templates::TemplateError> {
+        let ctx = self.context(rec);
+        let text = self.inner.templates.render(markup, kind, &ctx)?;
+        let actions = if rec.status == Status::Pending {
+            rec.request
+                .allowed_decisions
+                .iter()
+                .map(|d| PromptAction {
+                    decision: *d,
+                    label: d.label().to_string(),
+                    data: ActionData::new(&rec.request.id, *d).to_string(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok(Prompt {
+            text,
+            view: PromptView {
+                approval_id: ctx.approval_id,
+                short_id: ctx.short_id,
+                tool: ctx.tool,
+                summary: ctx.summary,
+                command: ctx.command,
+                args: ctx.args,
+                risk: ctx.risk,
+                requester: ctx.requester,
+                agent_id: ctx.agent_id,
+                session_key: ctx.session_key,
+                created_at: rec.request.created_at,
+                expires_at: rec.request.expires_at,
+                status: ctx.status,
+                progress: ctx.progress,
+                decided_by: ctx.decided_by,
+                reason: ctx.reason,
+            },
+            actions,
+        })
+    }
+
+    /// The pending view of a request, as events carry it.
+    pub fn view_json(&self, rec: &ApprovalRecord) -> serde_json::Value {
+        let mut v = result_json(rec);
+        v["request"] = json!(rec.request);
+        v["progress"] = json!(progress_text(
+            rec,
+            self.inner.config.approvals.min_approvals as usize
+        ));
+        v
+    }
+
+    async fn audit(&self, entry: AuditEntry) {
+        if let Err(e) = self.inner.store.audit_append(&entry).await {
+            tracing::error!(error = %e, event = entry.event.as_str(), "cannot append to the audit log");
+        }
+    }
+
+    /// Revoke a standing rule (by id or unique prefix).
+    pub async fn revoke_rule(
+        &self,
+        id: &str,
+        by: &ApproverIdentity,
+    ) -> Result<StandingRule, ApprovalError> {
+        let rule = self
+            .inner
+            .store
+            .revoke_standing_rule(id)
+            .await?
+            .ok_or_else(|| {
+                ApprovalError::UnknownId(format!("no single active standing rule matches {id:?}"))
+            })?;
+        if let Ok(mut s) = self.inner.standing.write() {
+            s.retain(|r| r.id != rule.id);
+        }
+        self.audit(
+            AuditEntry::new(AuditEvent::RuleRevoked, Some(&rule.source_approval))
+                .actor(by)
+                .detail(json!({ "rule": rule })),
+        )
+        .await;
+        Ok(rule)
+    }
+}
+
+fn identity_label(id: &ApproverIdentity) -> String {
+    format!("{} via {}", id.display_name, id.transport)
+}
+
+/// Approvals that count towards quorum: one per approver, approvals only.
+fn distinct_approvals(approvals: &[Approval]) -> Vec<&Approval> {
+    let mut seen = HashSet::new();
+    approvals
+        .iter()
+        .filter(|a| a.decision.is_approval())
+        .filter(|a| seen.insert(a.approver.approver_id.as_str()))
+        .collect()
+}
+
+fn progress_text(rec: &ApprovalRecord, min: usize) -> Option<String> {
+    if min <= 1 {
+        return None;
+    }
+    let granted = distinct_approvals(&rec.approvals);
+    let names: Vec<_> = granted
+        .iter()
+        .map(|a| a.approver.display_name.clone())
+        .collect();
+    Some(if names.is_empty() {
+        format!("0 of {min} approvals")
+    } else {
+        format!("{} of {min} approvals: {}", granted.len(), names.join(", "))
+    })
+}
+
+/// The API shape of a record (the `tool.approval.request` answer).
+pub fn result_json(rec: &ApprovalRecord) -> serde_json::Value {
+    let delivered: Vec<_> = rec.delivered_to();
+    let mut v = json!({
+        "id": rec.request.id,
+        "status": rec.status,
+        "tool": rec.request.tool,
+        "delivered_to": delivered,
+        "created_at": rec.request.created_at,
+        "expires_at": rec.request.expires_at,
+        "approvals": rec.approvals.iter().map(|a| json!({
+            "approver": a.approver,
+            "decision": a.decision,
+            "reason": a.reason,
+            "decided_at": a.decided_at,
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(r) = &rec.resolution {
+        v["decision"] = json!(r.verdict);
+        if let Some(scope) = r.scope {
+            v["scope"] = json!(scope);
+        }
+        v["decided_by"] = json!(r.decided_by);
+        v["reason"] = json!(r.reason);
+        v["resolved_at"] = json!(r.resolved_at);
+    }
+    v
+}
+
+#[async_trait]
+impl InboundSink for ToolApprovalForwarder {
+    async fn decide(&self, action: InboundAction) -> InboundReply {
+        let attempt = DecisionAttempt {
+            id: action.approval.clone(),
+            decision: action.decision,
+            reason: action.reason.clone(),
+            actor: Actor::Platform {
+                channel: action.channel.clone(),
+                user: action.user.clone(),
+            },
+        };
+        match self.resolve(attempt).await {
+            Ok(rec) => {
+                let message = match (&rec.resolution, rec.status) {
+                    (Some(r), _) => format!(
+                        "{} by {}",
+                        match r.verdict {
+                            Verdict::Approve => "Approved",
+                            Verdict::Deny => "Denied",
+                            Verdict::Timeout => "Expired",
+                        },
+                        r.decided_by
+                            .as_ref()
+                            .map(|d| d.display_name.as_str())
+                            .unwrap_or("nobody")
+                    ),
+                    (None, _) => {
+                        progress_text(&rec, self.inner.config.approvals.min_approvals as usize)
+                            .unwrap_or_else(|| "Recorded".into())
+                    }
+                };
+                InboundReply::Accepted {
+                    status: rec.status.as_str().to_string(),
+                    message,
+                }
+            }
+            Err(e) => {
+                let kind = match &e {
+                    ApprovalError::NotAnApprover(_) | ApprovalError::Unauthorized(_) => {
+                        RefusalKind::NotAnApprover
+                    }
+                    ApprovalError::SelfApproval(_) => RefusalKind::SelfApproval,
+                    ApprovalError::AlreadyResolved { .. } => RefusalKind::AlreadyResolved,
+                    ApprovalError::Expired { .. } => RefusalKind::Expired,
+                    ApprovalError::UnknownId(_) => RefusalKind::UnknownId,
+                    ApprovalError::AmbiguousId { .. } => RefusalKind::AmbiguousId,
+                    ApprovalError::InvalidParams(_) => RefusalKind::InvalidDecision,
+                    _ => RefusalKind::Internal,
+                };
+                let message = match kind {
+                    RefusalKind::NotAnApprover => {
+                        "You are not authorised to decide on this request.".to_string()
+                    }
+                    RefusalKind::SelfApproval => {
+                        "You asked for this yourself, so someone else must decide.".to_string()
+                    }
+                    RefusalKind::Internal => {
+                        "Something went wrong; try again or use the control UI.".to_string()
+                    }
+                    _ => e.to_string(),
+                };
+                InboundReply::Refused { kind, message }
+            }
+        }
+    }
+}

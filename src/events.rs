@@ -1,0 +1,46 @@
+//! The live event stream: every request, progress, resolution and expiry, fanned out to
+//! WebSocket clients (as JSON-RPC notifications) and `/events` (as Server-Sent Events).
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// One notification. `method` is the JSON-RPC notification name, e.g. `tool.approval.resolved`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Event {
+    pub method: &'static str,
+    pub params: serde_json::Value,
+}
+
+pub const REQUESTED: &str = "tool.approval.requested";
+pub const UPDATED: &str = "tool.approval.updated";
+pub const RESOLVED: &str = "tool.approval.resolved";
+pub const EXPIRED: &str = "tool.approval.expired";
+
+/// A broadcast channel; slow subscribers lose old events rather than slowing the engine.
+#[derive(Clone)]
+pub struct EventBus {
+    tx: broadcast::Sender<Event>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self {
+            tx: broadcast::channel(4096).0,
+        }
+    }
+}
+
+impl EventBus {
+    pub fn publish(&self, method: &'static str, params: serde_json::Value) {
+        // No subscribers is fine: events are a live view, the store is the record.
+        let _ = self.tx.send(Event { method, params });
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.tx.subscribe()
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.tx.receiver_count()
+    }
+}

@@ -1,0 +1,106 @@
+//! Durable state behind a small trait whose operations are exactly what the engine needs, so a
+//! PostgreSQL backend can be added without touching the engine. Anything that must survive a
+//! restart goes through here; the engine's in-memory maps are only caches and waiter lists.
+
+mod sqlite;
+
+pub use sqlite::SqliteStore;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::audit::AuditEntry;
+use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
+use crate::rules::StandingRule;
+
+/// A storage failure. Its text is for logs; API answers say only "internal error".
+#[derive(Debug, thiserror::Error)]
+#[error("storage error: {0}")]
+pub struct StoreError(pub String);
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError(e.to_string())
+    }
+}
+
+impl From<serde_json::Error> for StoreError {
+    fn from(e: serde_json::Error) -> Self {
+        StoreError(format!("bad stored JSON: {e}"))
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError(format!("migration failed: {e}"))
+    }
+}
+
+/// The answer to inserting a request.
+#[derive(Debug)]
+pub enum InsertOutcome {
+    Inserted,
+    /// A request with this id already exists (as it is now).
+    Exists(Box<ApprovalRecord>),
+}
+
+/// The answer to recording a decision.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DecisionWrite {
+    /// Stored (and, when a resolution was given, the request is now resolved).
+    Recorded,
+    /// This approver already has a decision on this request; nothing changed.
+    ApproverAlreadyDecided,
+    /// The request is no longer pending (another resolver won); nothing changed.
+    NotPending,
+}
+
+/// Which requests to list, newest first.
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<Status>,
+    pub agent_id: Option<String>,
+    pub tool: Option<String>,
+    pub limit: u32,
+    /// Only requests older than this (created_at ms, id) position.
+    pub before: Option<(i64, String)>,
+}
+
+/// Which audit entries to list, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub approval_id: Option<String>,
+    pub after_seq: i64,
+    pub limit: u32,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn insert_request(&self, req: &ApprovalRequest) -> Result<InsertOutcome, StoreError>;
+    async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+    /// Ids starting with `prefix`, at most `limit`.
+    async fn ids_with_prefix(&self, prefix: &str, limit: u32) -> Result<Vec<String>, StoreError>;
+    async fn list(&self, query: &ListQuery) -> Result<Vec<ApprovalRecord>, StoreError>;
+    /// Record one approver's decision (one row per `approver_key`), only while the request is pending, and (atomically with
+    /// it) resolve the request when `resolution` is given: a compare-and-set on `pending`.
+    async fn record_decision(
+        &self,
+        id: &str,
+        approver_key: &str,
+        approval: &Approval,
+        resolution: Option<&Resolution>,
+    ) -> Result<DecisionWrite, StoreError>;
+    /// Resolve without a new decision (timeout). Compare-and-set: false if no longer pending.
+    async fn resolve(&self, id: &str, resolution: &Resolution) -> Result<bool, StoreError>;
+    async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError>;
+    /// Every pending request and its deadline (to re-arm timers at start).
+    async fn pending_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
+    async fn count_by_status(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+    async fn audit_append(&self, entry: &AuditEntry) -> Result<(), StoreError>;
+    async fn audit_list(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError>;
+    async fn add_standing_rule(&self, rule: &StandingRule) -> Result<(), StoreError>;
+    /// Standing rules, revoked ones included when asked.
+    async fn standing_rules(&self, include_revoked: bool) -> Result<Vec<StandingRule>, StoreError>;
+    /// Revoke by id (or unique prefix); the revoked rule, or None if unknown/already revoked.
+    async fn revoke_standing_rule(&self, id: &str) -> Result<Option<StandingRule>, StoreError>;
+}

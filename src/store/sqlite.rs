@@ -1,0 +1,391 @@
+//! The embedded store: one SQLite file in WAL mode.
+//!
+//! All writes go through a single connection, so SQLite never answers "database is locked" to
+//! ourselves and each write is one short transaction; reads use a separate small pool that WAL
+//! lets run beside the writer. `synchronous = NORMAL` in WAL mode keeps every committed
+//! transaction across a process crash (kill -9); only a power cut may lose the last commits.
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use super::{AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError};
+use crate::audit::AuditEntry;
+use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
+use crate::rules::StandingRule;
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+/// See the module docs.
+#[derive(Clone)]
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+impl SqliteStore {
+    /// Open (creating if needed) `approvald.db` in `data_dir` and apply migrations.
+    pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(data_dir).map_err(|e| {
+            StoreError(format!(
+                "cannot create data dir {}: {e}",
+                data_dir.display()
+            ))
+        })?;
+        let options = SqliteConnectOptions::new()
+            .filename(data_dir.join("approvald.db"))
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options.read_only(true))
+            .await?;
+        Ok(Self { writer, reader })
+    }
+
+    async fn load(&self, row: sqlx::sqlite::SqliteRow) -> Result<ApprovalRecord, StoreError> {
+        let id: String = row.try_get("id")?;
+        let status: String = row.try_get("status")?;
+        let request: ApprovalRequest = serde_json::from_str(row.try_get("request_json")?)?;
+        let resolution: Option<String> = row.try_get("resolution_json")?;
+        let resolution: Option<Resolution> =
+            resolution.map(|r| serde_json::from_str(&r)).transpose()?;
+        let approvals =
+            sqlx::query("SELECT approval_json FROM decisions WHERE approval_id = ?1 ORDER BY seq")
+                .bind(&id)
+                .fetch_all(&self.reader)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    Ok(serde_json::from_str::<Approval>(
+                        r.try_get("approval_json")?,
+                    )?)
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+        let deliveries =
+            sqlx::query("SELECT delivery_json FROM deliveries WHERE approval_id = ?1 ORDER BY seq")
+                .bind(&id)
+                .fetch_all(&self.reader)
+                .await?
+                .into_iter()
+                .map(|r| {
+                    Ok(serde_json::from_str::<Delivery>(
+                        r.try_get("delivery_json")?,
+                    )?)
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?;
+        Ok(ApprovalRecord {
+            request,
+            status: Status::from_str(&status).map_err(StoreError)?,
+            approvals,
+            resolution,
+            deliveries,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_request(&self, req: &ApprovalRequest) -> Result<InsertOutcome, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at)
+             VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&req.id)
+        .bind(&req.tool)
+        .bind(&req.agent_id)
+        .bind(&req.session_key)
+        .bind(serde_json::to_string(req)?)
+        .bind(ms(req.created_at))
+        .bind(ms(req.expires_at))
+        .execute(&self.writer)
+        .await?;
+        if done.rows_affected() == 1 {
+            return Ok(InsertOutcome::Inserted);
+        }
+        match self.get(&req.id).await? {
+            Some(existing) => Ok(InsertOutcome::Exists(Box::new(existing))),
+            None => Err(StoreError(format!(
+                "insert of {} conflicted but no row is there",
+                req.id
+            ))),
+        }
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        let row = sqlx::query(
+            "SELECT id, status, request_json, resolution_json FROM approvals WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(self.load(row).await?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn ids_with_prefix(&self, prefix: &str, limit: u32) -> Result<Vec<String>, StoreError> {
+        // Callers pass only [0-9a-zA-Z-], so no LIKE wildcard can sneak in; a range scan on the
+        // primary key does the rest.
+        let upper = format!("{prefix}\u{10FFFF}");
+        let rows =
+            sqlx::query("SELECT id FROM approvals WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3")
+                .bind(prefix)
+                .bind(upper)
+                .bind(limit as i64)
+                .fetch_all(&self.reader)
+                .await?;
+        rows.into_iter()
+            .map(|r| Ok(r.try_get::<String, _>("id")?))
+            .collect()
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let mut sql = String::from(
+            "SELECT id, status, request_json, resolution_json FROM approvals WHERE 1 = 1",
+        );
+        if q.status.is_some() {
+            sql.push_str(" AND status = ?1");
+        }
+        if q.agent_id.is_some() {
+            sql.push_str(" AND agent_id = ?2");
+        }
+        if q.tool.is_some() {
+            sql.push_str(" AND tool = ?3");
+        }
+        if q.before.is_some() {
+            sql.push_str(" AND (created_at < ?4 OR (created_at = ?4 AND id < ?5))");
+        }
+        sql.push_str(" ORDER BY created_at DESC, id DESC LIMIT ?6");
+        let (before_ms, before_id) = q.before.clone().unwrap_or_default();
+        // Built only from the fixed fragments above; every value is a bound parameter.
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(q.status.map(|s| s.as_str()))
+            .bind(&q.agent_id)
+            .bind(&q.tool)
+            .bind(before_ms)
+            .bind(before_id)
+            .bind(q.limit.max(1) as i64)
+            .fetch_all(&self.reader)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.load(row).await?);
+        }
+        Ok(out)
+    }
+
+    async fn record_decision(
+        &self,
+        id: &str,
+        approver_key: &str,
+        approval: &Approval,
+        resolution: Option<&Resolution>,
+    ) -> Result<DecisionWrite, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        let inserted = sqlx::query(
+            "INSERT INTO decisions (approval_id, approver_key, seq, approval_json)
+             SELECT ?1, ?2, (SELECT COUNT(*) FROM decisions WHERE approval_id = ?1), ?3
+             WHERE EXISTS (SELECT 1 FROM approvals WHERE id = ?1 AND status = 'pending')
+             ON CONFLICT (approval_id, approver_key) DO NOTHING",
+        )
+        .bind(id)
+        .bind(approver_key)
+        .bind(serde_json::to_string(approval)?)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            let status: Option<String> =
+                sqlx::query_scalar("SELECT status FROM approvals WHERE id = ?1")
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            tx.rollback().await?;
+            return Ok(if status.as_deref() == Some("pending") {
+                DecisionWrite::ApproverAlreadyDecided
+            } else {
+                DecisionWrite::NotPending
+            });
+        }
+        if let Some(resolution) = resolution {
+            let updated = sqlx::query(
+                "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
+                 WHERE id = ?1 AND status = 'pending'",
+            )
+            .bind(id)
+            .bind(resolution.verdict.status().as_str())
+            .bind(serde_json::to_string(resolution)?)
+            .bind(ms(resolution.resolved_at))
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                tx.rollback().await?;
+                return Ok(DecisionWrite::NotPending);
+            }
+        }
+        tx.commit().await?;
+        Ok(DecisionWrite::Recorded)
+    }
+
+    async fn resolve(&self, id: &str, resolution: &Resolution) -> Result<bool, StoreError> {
+        let updated = sqlx::query(
+            "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
+             WHERE id = ?1 AND status = 'pending'",
+        )
+        .bind(id)
+        .bind(resolution.verdict.status().as_str())
+        .bind(serde_json::to_string(resolution)?)
+        .bind(ms(resolution.resolved_at))
+        .execute(&self.writer)
+        .await?;
+        Ok(updated.rows_affected() == 1)
+    }
+
+    async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO deliveries (approval_id, delivery_json) VALUES (?1, ?2)")
+            .bind(id)
+            .bind(serde_json::to_string(delivery)?)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn pending_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, expires_at FROM approvals WHERE status = 'pending' ORDER BY expires_at",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|r| Ok((r.try_get("id")?, from_ms(r.try_get("expires_at")?))))
+            .collect()
+    }
+
+    async fn count_by_status(&self) -> Result<Vec<(Status, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) AS n FROM approvals GROUP BY status")
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let s: String = r.try_get("status")?;
+                let n: i64 = r.try_get("n")?;
+                Ok((Status::from_str(&s).map_err(StoreError)?, n as u64))
+            })
+            .collect()
+    }
+
+    async fn audit_append(&self, entry: &AuditEntry) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO audit (at, approval_id, event, transport, entry_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(ms(entry.at))
+        .bind(&entry.approval_id)
+        .bind(entry.event.as_str())
+        .bind(entry.transport.map(|t| t.as_str()))
+        .bind(serde_json::to_string(entry)?)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let sql = if q.approval_id.is_some() {
+            "SELECT seq, entry_json FROM audit WHERE approval_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+        } else {
+            "SELECT seq, entry_json FROM audit WHERE ?1 IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3"
+        };
+        let rows = sqlx::query(sql)
+            .bind(&q.approval_id)
+            .bind(q.after_seq)
+            .bind(q.limit.max(1) as i64)
+            .fetch_all(&self.reader)
+            .await?;
+        rows.into_iter()
+            .map(|r| {
+                let mut e: AuditEntry = serde_json::from_str(r.try_get("entry_json")?)?;
+                e.seq = r.try_get("seq")?;
+                Ok(e)
+            })
+            .collect()
+    }
+
+    async fn add_standing_rule(&self, rule: &StandingRule) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO standing_rules (id, rule_json, created_at) VALUES (?1, ?2, ?3)")
+            .bind(&rule.id)
+            .bind(serde_json::to_string(rule)?)
+            .bind(ms(rule.created_at))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn standing_rules(&self, include_revoked: bool) -> Result<Vec<StandingRule>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT rule_json, revoked_at FROM standing_rules WHERE ?1 OR revoked_at IS NULL ORDER BY created_at",
+        )
+        .bind(include_revoked)
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let mut rule: StandingRule = serde_json::from_str(r.try_get("rule_json")?)?;
+                rule.revoked_at = r.try_get::<Option<i64>, _>("revoked_at")?.map(from_ms);
+                Ok(rule)
+            })
+            .collect()
+    }
+
+    async fn revoke_standing_rule(&self, id: &str) -> Result<Option<StandingRule>, StoreError> {
+        let upper = format!("{id}\u{10FFFF}");
+        let candidates: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM standing_rules WHERE id >= ?1 AND id < ?2 AND revoked_at IS NULL LIMIT 2",
+        )
+        .bind(id)
+        .bind(&upper)
+        .fetch_all(&self.writer)
+        .await?;
+        let [only] = candidates.as_slice() else {
+            return Ok(None);
+        };
+        let now = Utc::now();
+        sqlx::query(
+            "UPDATE standing_rules SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+        )
+        .bind(only)
+        .bind(ms(now))
+        .execute(&self.writer)
+        .await?;
+        let json: String = sqlx::query_scalar("SELECT rule_json FROM standing_rules WHERE id = ?1")
+            .bind(only)
+            .fetch_one(&self.writer)
+            .await?;
+        let mut rule: StandingRule = serde_json::from_str(&json)?;
+        rule.revoked_at = Some(now);
+        Ok(Some(rule))
+    }
+}

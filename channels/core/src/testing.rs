@@ -131,7 +131,8 @@ impl TestChannel {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
             let notified = self.changed.notified();
-            if pred(&self.lock().calls) {
+            let calls = self.calls();
+            if pred(&calls) {
                 return;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {

@@ -1,0 +1,259 @@
+//! Shared test harness: an approvald server in-process on a free loopback port, on a temporary
+//! data dir, with in-process test channels, plus a small JSON-RPC client.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use approvald::config::Config;
+use approvald::server::BoundServer;
+use approvald::ToolApprovalForwarder;
+use approvald_channel::{Channel, PlatformUser, TestChannel, Transport};
+use serde_json::{Value, json};
+
+pub const GATEWAY: &str = "gateway-token-1";
+pub const ALICE: &str = "alice-token-1";
+pub const BOB: &str = "bob-token-1";
+pub const CAROL: &str = "carol-token-1";
+pub const DAVE: &str = "dave-token-1";
+pub const ADMIN: &str = "admin-token-1";
+/// A token that may both request and resolve (to test same-token self-approval).
+pub const BOTH: &str = "both-token-1";
+
+/// Tokens, people and two test channels: `chat-a` (a discord-like surface) and `chat-b`
+/// (a slack-like one). Tests append their own `[approvals]` / `[delivery]` sections.
+pub const BASE: &str = r#"
+[[tokens]]
+name = "gateway"
+token = "gateway-token-1"
+scopes = ["request"]
+
+[[tokens]]
+name = "alice-cli"
+token = "alice-token-1"
+scopes = ["resolve"]
+person = "alice"
+
+[[tokens]]
+name = "bob-cli"
+token = "bob-token-1"
+scopes = ["resolve"]
+person = "bob"
+
+[[tokens]]
+name = "carol-cli"
+token = "carol-token-1"
+scopes = ["resolve"]
+person = "carol"
+
+[[tokens]]
+name = "dave-cli"
+token = "dave-token-1"
+scopes = ["resolve"]
+person = "dave"
+
+[[tokens]]
+name = "admin"
+token = "admin-token-1"
+scopes = ["admin"]
+
+[[tokens]]
+name = "both"
+token = "both-token-1"
+scopes = ["request", "resolve"]
+
+[[people]]
+name = "alice"
+display_name = "Alice"
+ids = ["alice@example.com"]
+discord = ["111"]
+slack = ["U111"]
+
+[[people]]
+name = "bob"
+display_name = "Bob"
+discord = ["222"]
+slack = ["U222"]
+
+[[people]]
+name = "carol"
+display_name = "Carol"
+approver = false
+discord = ["333"]
+
+[[people]]
+name = "dave"
+display_name = "Dave"
+
+[channels.chat-a]
+approvers = ["999"]
+
+[channels.chat-b]
+"#;
+
+/// A running in-process server.
+pub struct TestServer {
+    pub engine: ToolApprovalForwarder,
+    pub url: String,
+    pub data_dir: PathBuf,
+    _tmp: Option<tempfile::TempDir>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    http: reqwest::Client,
+}
+
+/// The two standard test channels.
+pub fn channels() -> (TestChannel, TestChannel) {
+    (
+        TestChannel::new("chat-a", Transport::Discord),
+        TestChannel::new("chat-b", Transport::Slack),
+    )
+}
+
+pub fn as_channels(list: &[&TestChannel]) -> Vec<Arc<dyn Channel>> {
+    list.iter()
+        .map(|c| Arc::new((*c).clone()) as Arc<dyn Channel>)
+        .collect()
+}
+
+impl TestServer {
+    /// Start with `BASE` + `extra` config on a fresh temporary data dir.
+    pub async fn start(extra: &str, channels: Vec<Arc<dyn Channel>>) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Self::start_in(tmp.path(), extra, channels).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
+    /// Start on an existing data dir (to test restarts).
+    pub async fn start_in(dir: &Path, extra: &str, channels: Vec<Arc<dyn Channel>>) -> Self {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n[storage]\ndata_dir = {:?}\n{BASE}\n{extra}",
+            dir.display().to_string()
+        );
+        let config = Config::from_toml_str(&text).expect("test config is valid");
+        let bound = BoundServer::bind(config, channels).await.expect("server starts");
+        let url = format!("http://{}", bound.addr);
+        let engine = bound.engine.clone();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = bound
+                .serve(async move {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Self {
+            engine,
+            url,
+            data_dir: dir.to_path_buf(),
+            _tmp: None,
+            stop: Some(tx),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// The full JSON-RPC response object.
+    pub async fn rpc(&self, token: &str, method: &str, params: Value) -> Value {
+        let body = json!({ "jsonrpc": "2.0", "id": 7, "method": method, "params": params });
+        self.http
+            .post(format!("{}/rpc", self.url))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .expect("rpc send")
+            .json()
+            .await
+            .expect("rpc answer is JSON")
+    }
+
+    /// `result` or panic with the error.
+    pub async fn call(&self, token: &str, method: &str, params: Value) -> Value {
+        let r = self.rpc(token, method, params).await;
+        match r.get("result") {
+            Some(v) => v.clone(),
+            None => panic!("{method} failed: {r}"),
+        }
+    }
+
+    /// The error's `data.kind`, or panic if the call succeeded.
+    pub async fn error_kind(&self, token: &str, method: &str, params: Value) -> (String, Value) {
+        let r = self.rpc(token, method, params).await;
+        match r.get("error") {
+            Some(e) => (
+                e["data"]["kind"].as_str().unwrap_or("?").to_string(),
+                e.clone(),
+            ),
+            None => panic!("{method} should have failed: {r}"),
+        }
+    }
+
+    /// Create a pending request (wait=false) and return its result.
+    pub async fn request(&self, params: Value) -> Value {
+        let mut p = params;
+        p["wait"] = json!(false);
+        self.call(GATEWAY, "tool.approval.request", p).await
+    }
+
+    pub async fn get(&self, id: &str) -> Value {
+        self.call(ADMIN, "tool.approval.get", json!({ "id": id })).await
+    }
+
+    pub async fn audit(&self, id: &str) -> Vec<Value> {
+        let r = self
+            .call(ADMIN, "audit.list", json!({ "id": id }))
+            .await;
+        r["entries"].as_array().cloned().unwrap_or_default()
+    }
+
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn user(id: &str) -> PlatformUser {
+    PlatformUser {
+        id: id.to_string(),
+        username: Some(format!("user{id}")),
+        display_name: None,
+        chat_id: Some("room".into()),
+        workspace_id: None,
+        roles: Vec::new(),
+    }
+}
+
+/// Poll `f` until it returns true, or panic.
+pub async fn eventually<F, Fut>(what: &str, f: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+pub fn events_of(entries: &[Value]) -> Vec<String> {
+    entries
+        .iter()
+        .map(|e| e["event"].as_str().unwrap_or("?").to_string())
+        .collect()
+}

@@ -12,8 +12,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 async fn pending_count(s: &TestServer) -> usize {
-    s.call(ADMIN, "tool.approval.list", json!({}))
-        .await["items"]
+    s.call(ADMIN, "tool.approval.list", json!({})).await["items"]
         .as_array()
         .unwrap()
         .len()
@@ -71,27 +70,52 @@ async fn ids_unknown_ambiguous_short_and_decisions_unknown() {
     let s = TestServer::start("", vec![]).await;
     let a = "abcdef01-0000-4000-8000-000000000001";
     let b = "abcdef02-0000-4000-8000-000000000002";
-    s.request(json!({ "id": a, "tool": "t", "command": "x" })).await;
-    s.request(json!({ "id": b, "tool": "t", "command": "y" })).await;
+    s.request(json!({ "id": a, "tool": "t", "command": "x" }))
+        .await;
+    s.request(json!({ "id": b, "tool": "t", "command": "y" }))
+        .await;
     let (kind, err) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": "abcdef0", "decision": "approve" }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": "abcdef0", "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "ambiguous_id");
     assert_eq!(err["data"]["candidates"].as_array().unwrap().len(), 2);
     let (kind, _) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": "abc", "decision": "approve" }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": "abc", "decision": "approve" }),
+        )
         .await;
-    assert_eq!(kind, "invalid_params", "prefixes shorter than 6 are refused");
+    assert_eq!(
+        kind, "invalid_params",
+        "prefixes shorter than 6 are refused"
+    );
     let (kind, _) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": "ffffffff-0000-4000-8000-000000000000", "decision": "approve" }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": "ffffffff-0000-4000-8000-000000000000", "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "unknown_id");
     let (kind, _) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": "'; DROP TABLE approvals; --", "decision": "approve" }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": "'; DROP TABLE approvals; --", "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "invalid_params");
     let (kind, err) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": a, "decision": "maybe" }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": a, "decision": "maybe" }),
+        )
         .await;
     assert_eq!(kind, "invalid_params");
     assert!(err["message"].as_str().unwrap().contains("approve-once"));
@@ -100,7 +124,11 @@ async fn ids_unknown_ambiguous_short_and_decisions_unknown() {
     }
     // A unique prefix works.
     let ok = s
-        .call(ALICE, "tool.approval.resolve", json!({ "id": "abcdef01", "decision": "approve" }))
+        .call(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": "abcdef01", "decision": "approve" }),
+        )
         .await;
     assert_eq!(ok["id"], a);
 }
@@ -108,15 +136,28 @@ async fn ids_unknown_ambiguous_short_and_decisions_unknown() {
 #[tokio::test]
 async fn explicit_ids_are_idempotent_for_the_same_content_and_refused_otherwise() {
     let (chat_a, chat_b) = channels();
-    let extra = "[delivery]\nmode = \"targets\"\ntargets = [{ channel = \"chat-a\", to = \"ops\" }]\n";
+    let extra =
+        "[delivery]\nmode = \"targets\"\ntargets = [{ channel = \"chat-a\", to = \"ops\" }]\n";
     let s = TestServer::start(extra, as_channels(&[&chat_a, &chat_b])).await;
     let id = "0b9c4d2e-5f6a-4b7c-8d9e-0f1a2b3c4d5e";
-    let first = s.request(json!({ "id": id, "tool": "t", "command": "x" })).await;
-    let retry = s.request(json!({ "id": id, "tool": "t", "command": "x" })).await;
+    let first = s
+        .request(json!({ "id": id, "tool": "t", "command": "x" }))
+        .await;
+    let retry = s
+        .request(json!({ "id": id, "tool": "t", "command": "x" }))
+        .await;
     assert_eq!(first["id"], retry["id"]);
-    assert_eq!(chat_a.deliveries().len(), 1, "a retry never sends a second prompt");
+    assert_eq!(
+        chat_a.deliveries().len(),
+        1,
+        "a retry never sends a second prompt"
+    );
     let (kind, _) = s
-        .error_kind(GATEWAY, "tool.approval.request", json!({ "id": id, "tool": "t", "command": "other", "wait": false }))
+        .error_kind(
+            GATEWAY,
+            "tool.approval.request",
+            json!({ "id": id, "tool": "t", "command": "other", "wait": false }),
+        )
         .await;
     assert_eq!(kind, "duplicate_id");
     assert_eq!(s.get(id).await["request"]["command"], "x");
@@ -140,7 +181,12 @@ expires_at = "2020-01-01T00:00:00Z"
     .await;
     assert_eq!(status, 401);
     assert_eq!(answer["error"]["data"]["kind"], "unauthorized");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("expired"));
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired")
+    );
 }
 
 #[tokio::test]
@@ -166,31 +212,47 @@ async fn wait_blocks_until_resolution_and_get_list_paginate() {
     };
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(!waiter.is_finished());
-    s.call(ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
-        .await;
+    s.call(
+        ALICE,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "approve" }),
+    )
+    .await;
     let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(answer["result"]["status"], "approved");
-    assert_eq!(answer["result"]["approvals"][0]["approver"]["person"], "alice");
+    assert_eq!(
+        answer["result"]["approvals"][0]["approver"]["person"],
+        "alice"
+    );
     assert!(answer["result"]["resolved_at"].is_string());
 
     // wait with a short timeout on a pending one answers pending.
     let p = s.request(json!({ "tool": "t", "command": "y" })).await;
     let w = s
-        .call(GATEWAY, "tool.approval.wait", json!({ "id": p["id"], "timeout_ms": 50 }))
+        .call(
+            GATEWAY,
+            "tool.approval.wait",
+            json!({ "id": p["id"], "timeout_ms": 50 }),
+        )
         .await;
     assert_eq!(w["status"], "pending");
 
     for i in 0..5 {
-        s.request(json!({ "tool": "t", "command": format!("page{i}") })).await;
+        s.request(json!({ "tool": "t", "command": format!("page{i}") }))
+            .await;
     }
     let mut seen = Vec::new();
     let mut cursor = Value::Null;
     loop {
         let page = s
-            .call(ADMIN, "tool.approval.list", json!({ "status": "pending", "limit": 2, "cursor": cursor }))
+            .call(
+                ADMIN,
+                "tool.approval.list",
+                json!({ "status": "pending", "limit": 2, "cursor": cursor }),
+            )
             .await;
         for item in page["items"].as_array().unwrap() {
             seen.push(item["id"].as_str().unwrap().to_string());
@@ -217,15 +279,22 @@ async fn websocket_rpc_with_notifications_and_sse_events() {
         .await
         .unwrap();
     assert_eq!(sse.status(), 200);
-    let unauth = s.http().get(format!("{}/events", s.url)).send().await.unwrap();
+    let unauth = s
+        .http()
+        .get(format!("{}/events", s.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(unauth.status(), 401);
     let mut sse = sse.bytes_stream();
 
     let mut req = format!("{}/rpc/ws", s.url.replace("http", "ws"))
         .into_client_request()
         .unwrap();
-    req.headers_mut()
-        .insert("authorization", format!("Bearer {GATEWAY}").parse().unwrap());
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {GATEWAY}").parse().unwrap(),
+    );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     // A waiting request over the socket does not block a second message on it.
     ws.send(Message::text(
@@ -250,8 +319,12 @@ async fn websocket_rpc_with_notifications_and_sse_events() {
             got_parse_error = true;
         } else if v["method"] == "tool.approval.requested" {
             let new_id = v["params"]["id"].as_str().unwrap().to_string();
-            s.call(BOB, "tool.approval.resolve", json!({ "id": new_id, "decision": "deny" }))
-                .await;
+            s.call(
+                BOB,
+                "tool.approval.resolve",
+                json!({ "id": new_id, "decision": "deny" }),
+            )
+            .await;
             id = Some(new_id);
         } else if v["id"] == "w1" {
             got_result = Some(v);
@@ -281,11 +354,19 @@ async fn websocket_rpc_with_notifications_and_sse_events() {
 async fn health_and_metrics() {
     let s = TestServer::start("", vec![]).await;
     let r = s.request(json!({ "tool": "t", "command": "x" })).await;
-    s.call(ALICE, "tool.approval.resolve", json!({ "id": r["id"], "decision": "approve" }))
-        .await;
+    s.call(
+        ALICE,
+        "tool.approval.resolve",
+        json!({ "id": r["id"], "decision": "approve" }),
+    )
+    .await;
     s.request(json!({ "tool": "t", "command": "y" })).await;
-    s.rpc(CAROL, "tool.approval.resolve", json!({ "id": r["id"], "decision": "approve" }))
-        .await;
+    s.rpc(
+        CAROL,
+        "tool.approval.resolve",
+        json!({ "id": r["id"], "decision": "approve" }),
+    )
+    .await;
     let health: Value = s
         .http()
         .get(format!("{}/healthz", s.url))
@@ -327,10 +408,18 @@ async fn batches_and_notifications() {
     let (status, answer) = raw(&s, Some(GATEWAY), body.to_string()).await;
     assert_eq!(status, 200);
     let answers = answer.as_array().unwrap();
-    assert_eq!(answers.len(), 2, "the notification gets no answer: {answer}");
+    assert_eq!(
+        answers.len(),
+        2,
+        "the notification gets no answer: {answer}"
+    );
     assert_eq!(answers[0]["result"]["status"], "pending");
     assert_eq!(answers[1]["error"]["data"]["kind"], "method_not_found");
-    assert_eq!(pending_count(&s).await, 2, "the notification was still carried out");
+    assert_eq!(
+        pending_count(&s).await,
+        2,
+        "the notification was still carried out"
+    );
     let (_, answer) = raw(&s, Some(GATEWAY), "[]").await;
     assert_eq!(answer["error"]["data"]["kind"], "invalid_request");
 }

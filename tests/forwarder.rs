@@ -63,10 +63,15 @@ async fn delivery_modes_session_targets_both_with_dedupe() {
             .collect();
         assert_eq!(delivered(&r), want, "mode {mode}");
         // The duplicated target got exactly one prompt.
-        assert_eq!(r["delivered_to"].as_array().unwrap().len(), want.len(), "mode {mode}");
+        assert_eq!(
+            r["delivered_to"].as_array().unwrap().len(),
+            want.len(),
+            "mode {mode}"
+        );
     }
     // Origin equal to a target in `both` mode is delivered once.
-    let extra = "[delivery]\nmode = \"both\"\ntargets = [{ channel = \"chat-a\", to = \"dm-42\" }]\n";
+    let extra =
+        "[delivery]\nmode = \"both\"\ntargets = [{ channel = \"chat-a\", to = \"dm-42\" }]\n";
     let s = TestServer::start(extra, as_channels(&[&a, &b])).await;
     let r = s
         .request(json!({ "tool": "shell", "command": "x", "origin": origin_a() }))
@@ -90,11 +95,15 @@ targets = [{ channel = "chat-a", to = "ops" }]
         .await;
     assert_eq!(hit["delivered_to"].as_array().unwrap().len(), 1);
     let substring = s
-        .request(json!({ "tool": "t", "command": "c", "agent_id": "my-ops-bot", "session_key": "main" }))
+        .request(
+            json!({ "tool": "t", "command": "c", "agent_id": "my-ops-bot", "session_key": "main" }),
+        )
         .await;
     assert_eq!(substring["delivered_to"].as_array().unwrap().len(), 1);
     let wrong_agent = s
-        .request(json!({ "tool": "t", "command": "c", "agent_id": "prod-x", "session_key": "main" }))
+        .request(
+            json!({ "tool": "t", "command": "c", "agent_id": "prod-x", "session_key": "main" }),
+        )
         .await;
     let wrong_session = s
         .request(json!({ "tool": "t", "command": "c", "agent_id": "ops", "session_key": "side" }))
@@ -123,7 +132,11 @@ async fn no_target_and_no_watcher_still_records_and_says_delivered_to_empty() {
     assert_eq!(r["delivered_to"], json!([]));
     let id = r["id"].as_str().unwrap();
     let approved = s
-        .call(ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
+        .call(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
         .await;
     assert_eq!(approved["status"], "approved");
 }
@@ -140,7 +153,10 @@ async fn unknown_target_channel_is_a_config_error_at_start() {
         .await
         .err()
         .expect("must fail");
-    assert!(err.to_string().contains("delivery.targets[0].channel"), "{err}");
+    assert!(
+        err.to_string().contains("delivery.targets[0].channel"),
+        "{err}"
+    );
 }
 
 // ----- 2. concurrent fan-out, failures isolated, deliveries kept -------------------------
@@ -158,8 +174,13 @@ targets = [{ channel = "chat-a", to = "broken" }, { channel = "chat-a", to = "sl
 "#;
     let s = TestServer::start(extra, as_channels(&[&a, &b])).await;
     let started = Instant::now();
-    let r = s.request(json!({ "tool": "shell", "command": "deploy" })).await;
-    assert!(started.elapsed() < Duration::from_secs(5), "a stalled target held the caller");
+    let r = s
+        .request(json!({ "tool": "shell", "command": "deploy" }))
+        .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a stalled target held the caller"
+    );
     assert_eq!(
         delivered(&r),
         vec![
@@ -181,12 +202,20 @@ targets = [{ channel = "chat-a", to = "broken" }, { channel = "chat-a", to = "sl
     assert!(audit.contains(&"delivery_failed".to_string()), "{audit:?}");
     assert_eq!(audit.iter().filter(|e| *e == "delivered").count(), 2);
     // The kept message references are what resolution edits.
-    s.call(BOB, "tool.approval.resolve", json!({ "id": id, "decision": "deny" }))
-        .await;
-    a.wait_until(Duration::from_secs(5), "edit on chat-a", |_| a.updates().len() == 1)
-        .await;
-    b.wait_until(Duration::from_secs(5), "edit on chat-b", |_| b.updates().len() == 1)
-        .await;
+    s.call(
+        BOB,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "deny" }),
+    )
+    .await;
+    a.wait_until(Duration::from_secs(5), "edit on chat-a", |_| {
+        a.updates().len() == 1
+    })
+    .await;
+    b.wait_until(Duration::from_secs(5), "edit on chat-b", |_| {
+        b.updates().len() == 1
+    })
+    .await;
 }
 
 // ----- 3. shared templates, per-platform escaping ---------------------------------------
@@ -224,7 +253,11 @@ async fn prompt_shows_id_tool_command_risk_requester_agent_expiry_and_reply_with
             assert!(action.data.len() <= 64);
         }
     }
-    assert!(html.text.contains("&lt;b&gt;pwned&lt;/b&gt;"), "{}", html.text);
+    assert!(
+        html.text.contains("&lt;b&gt;pwned&lt;/b&gt;"),
+        "{}",
+        html.text
+    );
     assert!(!html.text.contains("<b>pwned"), "{}", html.text);
     assert!(plain.text.contains("echo '<b>pwned</b>'"), "{}", plain.text);
 }
@@ -255,10 +288,16 @@ async fn allowed_decisions_limit_the_buttons_and_the_answers() {
 #[tokio::test]
 async fn first_resolution_wins_later_ones_get_already_resolved_and_repeats_are_idempotent() {
     let s = TestServer::start("", vec![]).await;
-    let r = s.request(json!({ "tool": "shell", "command": "deploy" })).await;
+    let r = s
+        .request(json!({ "tool": "shell", "command": "deploy" }))
+        .await;
     let id = r["id"].as_str().unwrap();
     let won = s
-        .call(ALICE, "tool.approval.resolve", json!({ "id": &id[..8], "decision": "allow-once", "reason": "ok" }))
+        .call(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": &id[..8], "decision": "allow-once", "reason": "ok" }),
+        )
         .await;
     assert_eq!(won["status"], "approved");
     assert_eq!(won["decision"], "approve");
@@ -268,14 +307,22 @@ async fn first_resolution_wins_later_ones_get_already_resolved_and_repeats_are_i
     assert_eq!(won["approvals"][0]["reason"], "ok");
 
     let (kind, err) = s
-        .error_kind(BOB, "tool.approval.resolve", json!({ "id": id, "decision": "deny" }))
+        .error_kind(
+            BOB,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "deny" }),
+        )
         .await;
     assert_eq!(kind, "already_resolved");
     assert_eq!(err["data"]["decided_by"]["person"], "alice");
     assert_eq!(err["data"]["decision"], "approve");
 
     let again = s
-        .call(ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve-once" }))
+        .call(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve-once" }),
+        )
         .await;
     assert_eq!(again["status"], "approved");
     assert_eq!(again["approvals"].as_array().unwrap().len(), 1);
@@ -285,21 +332,41 @@ async fn first_resolution_wins_later_ones_get_already_resolved_and_repeats_are_i
 async fn concurrent_resolutions_have_exactly_one_winner() {
     let s = TestServer::start("", vec![]).await;
     for round in 0..5 {
-        let r = s.request(json!({ "tool": "t", "command": format!("c{round}") })).await;
+        let r = s
+            .request(json!({ "tool": "t", "command": format!("c{round}") }))
+            .await;
         let id = r["id"].as_str().unwrap().to_string();
         let tokens = [ALICE, BOB, DAVE, ALICE, BOB, DAVE];
-        let decisions = ["approve", "deny", "approve-always", "deny", "approve", "deny"];
+        let decisions = [
+            "approve",
+            "deny",
+            "approve-always",
+            "deny",
+            "approve",
+            "deny",
+        ];
         let attempts = tokens.iter().zip(decisions).map(|(t, d)| {
             let s = &s;
             let id = id.clone();
-            async move { s.rpc(t, "tool.approval.resolve", json!({ "id": id, "decision": d })).await }
+            async move {
+                s.rpc(
+                    t,
+                    "tool.approval.resolve",
+                    json!({ "id": id, "decision": d }),
+                )
+                .await
+            }
         });
         let answers = futures::future::join_all(attempts).await;
         let final_state = s.get(&id).await;
         assert_ne!(final_state["status"], "pending");
         let winner = &final_state["decided_by"]["person"];
         let recorded = final_state["approvals"].as_array().unwrap();
-        assert_eq!(recorded.len(), 1, "exactly one decision stored: {final_state}");
+        assert_eq!(
+            recorded.len(),
+            1,
+            "exactly one decision stored: {final_state}"
+        );
         for a in answers {
             if let Some(res) = a.get("result") {
                 // Successes are the winner or the winner's idempotent repeat.
@@ -318,11 +385,17 @@ async fn quorum_needs_distinct_people_shows_progress_and_any_deny_rejects() {
     let (a, b) = channels();
     let extra = format!("[approvals]\nmin_approvals = 2\n{TARGETS_A_B}");
     let s = TestServer::start(&extra, as_channels(&[&a, &b])).await;
-    let r = s.request(json!({ "tool": "shell", "command": "deploy prod" })).await;
+    let r = s
+        .request(json!({ "tool": "shell", "command": "deploy prod" }))
+        .await;
     let id = r["id"].as_str().unwrap();
 
     let one = s
-        .call(ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
+        .call(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
         .await;
     assert_eq!(one["status"], "pending");
     // Prompts everywhere show the progress.
@@ -335,24 +408,41 @@ async fn quorum_needs_distinct_people_shows_progress_and_any_deny_rejects() {
 
     // Alice again, from another surface (her discord id): still one approval.
     let reply = a.press(id, Decision::ApproveOnce, user("111")).await;
-    assert!(matches!(reply, InboundReply::Accepted { ref status, .. } if status == "pending"), "{reply:?}");
+    assert!(
+        matches!(reply, InboundReply::Accepted { ref status, .. } if status == "pending"),
+        "{reply:?}"
+    );
     let now = s.get(id).await;
     assert_eq!(now["status"], "pending");
     assert_eq!(now["approvals"].as_array().unwrap().len(), 1);
 
     let two = s
-        .call(BOB, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
+        .call(
+            BOB,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
         .await;
     assert_eq!(two["status"], "approved");
     assert_eq!(two["approvals"].as_array().unwrap().len(), 2);
 
     // A deny rejects at once, whatever the approvals so far.
-    let r = s.request(json!({ "tool": "shell", "command": "deploy staging" })).await;
-    let id = r["id"].as_str().unwrap();
-    s.call(ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
+    let r = s
+        .request(json!({ "tool": "shell", "command": "deploy staging" }))
         .await;
+    let id = r["id"].as_str().unwrap();
+    s.call(
+        ALICE,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "approve" }),
+    )
+    .await;
     let denied = s
-        .call(BOB, "tool.approval.resolve", json!({ "id": id, "decision": "reject", "reason": "not today" }))
+        .call(
+            BOB,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "reject", "reason": "not today" }),
+        )
         .await;
     assert_eq!(denied["status"], "denied");
     assert_eq!(denied["decision"], "deny");
@@ -365,29 +455,57 @@ async fn quorum_needs_distinct_people_shows_progress_and_any_deny_rejects() {
 async fn only_configured_approvers_may_decide_and_refusals_change_nothing() {
     let (a, b) = channels();
     let s = TestServer::start(TARGETS_A_B, as_channels(&[&a, &b])).await;
-    let r = s.request(json!({ "tool": "shell", "command": "deploy" })).await;
+    let r = s
+        .request(json!({ "tool": "shell", "command": "deploy" }))
+        .await;
     let id = r["id"].as_str().unwrap();
 
     // Carol is a person but not an approver; a stranger on chat-a is nobody.
     let (kind, _) = s
-        .error_kind(CAROL, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
+        .error_kind(
+            CAROL,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "not_an_approver");
     let reply = a.press(id, Decision::ApproveOnce, user("555")).await;
     assert!(
-        matches!(reply, InboundReply::Refused { kind: RefusalKind::NotAnApprover, .. }),
+        matches!(
+            reply,
+            InboundReply::Refused {
+                kind: RefusalKind::NotAnApprover,
+                ..
+            }
+        ),
         "{reply:?}"
     );
     let reply = a.press(id, Decision::Deny, user("333")).await;
-    assert!(matches!(reply, InboundReply::Refused { kind: RefusalKind::NotAnApprover, .. }));
+    assert!(matches!(
+        reply,
+        InboundReply::Refused {
+            kind: RefusalKind::NotAnApprover,
+            ..
+        }
+    ));
     // A request-only token cannot decide either.
     let (kind, _) = s
-        .error_kind(GATEWAY, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
+        .error_kind(
+            GATEWAY,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "not_an_approver");
     // Alice's slack id is not an approver id on the discord-like surface of someone else.
     let reply = b.press(id, Decision::ApproveOnce, user("111")).await;
-    assert!(matches!(reply, InboundReply::Refused { kind: RefusalKind::NotAnApprover, .. }));
+    assert!(matches!(
+        reply,
+        InboundReply::Refused {
+            kind: RefusalKind::NotAnApprover,
+            ..
+        }
+    ));
 
     let now = s.get(id).await;
     assert_eq!(now["status"], "pending");
@@ -402,7 +520,10 @@ async fn only_configured_approvers_may_decide_and_refusals_change_nothing() {
 
     // An id listed as approver on the channel may decide, with platform identity.
     let reply = a.press(&id[..6], Decision::ApproveOnce, user("999")).await;
-    assert!(matches!(reply, InboundReply::Accepted { ref status, .. } if status == "approved"), "{reply:?}");
+    assert!(
+        matches!(reply, InboundReply::Accepted { ref status, .. } if status == "approved"),
+        "{reply:?}"
+    );
     let now = s.get(id).await;
     let who = &now["decided_by"];
     assert_eq!(who["transport"], "discord");
@@ -423,31 +544,77 @@ async fn self_approval_is_refused_by_person_token_and_platform_id() {
         .await;
     let id = r["id"].as_str().unwrap();
     let (kind, _) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "self_approval");
     let reply = a.press(id, Decision::ApproveOnce, user("111")).await;
-    assert!(matches!(reply, InboundReply::Refused { kind: RefusalKind::SelfApproval, .. }), "{reply:?}");
+    assert!(
+        matches!(
+            reply,
+            InboundReply::Refused {
+                kind: RefusalKind::SelfApproval,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
     let reply = b.press(id, Decision::ApproveOnce, user("U111")).await;
-    assert!(matches!(reply, InboundReply::Refused { kind: RefusalKind::SelfApproval, .. }));
+    assert!(matches!(
+        reply,
+        InboundReply::Refused {
+            kind: RefusalKind::SelfApproval,
+            ..
+        }
+    ));
     assert_eq!(s.get(id).await["status"], "pending");
     // Someone else can.
-    s.call(BOB, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
-        .await;
+    s.call(
+        BOB,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "approve" }),
+    )
+    .await;
 
     // Requester given as a platform id of an unlinked person.
     let r = s
         .request(json!({ "tool": "t", "command": "c2", "requester": { "id": "discord:999" } }))
         .await;
-    let reply = a.press(r["id"].as_str().unwrap(), Decision::ApproveOnce, user("999")).await;
-    assert!(matches!(reply, InboundReply::Refused { kind: RefusalKind::SelfApproval, .. }), "{reply:?}");
+    let reply = a
+        .press(
+            r["id"].as_str().unwrap(),
+            Decision::ApproveOnce,
+            user("999"),
+        )
+        .await;
+    assert!(
+        matches!(
+            reply,
+            InboundReply::Refused {
+                kind: RefusalKind::SelfApproval,
+                ..
+            }
+        ),
+        "{reply:?}"
+    );
 
     // The same token asking and approving.
     let r = s
-        .call(BOTH, "tool.approval.request", json!({ "tool": "t", "command": "c3", "wait": false }))
+        .call(
+            BOTH,
+            "tool.approval.request",
+            json!({ "tool": "t", "command": "c3", "wait": false }),
+        )
         .await;
     let (kind, _) = s
-        .error_kind(BOTH, "tool.approval.resolve", json!({ "id": r["id"], "decision": "approve" }))
+        .error_kind(
+            BOTH,
+            "tool.approval.resolve",
+            json!({ "id": r["id"], "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "self_approval");
 }
@@ -470,7 +637,11 @@ timeout_notice_targets = [{ channel = "chat-b", to = "C-oncall" }]
     let mut events = s.engine.events().subscribe();
     let started = Instant::now();
     let r = s
-        .call(GATEWAY, "tool.approval.request", json!({ "tool": "shell", "command": "sleep", "timeout_ms": 300 }))
+        .call(
+            GATEWAY,
+            "tool.approval.request",
+            json!({ "tool": "shell", "command": "sleep", "timeout_ms": 300 }),
+        )
         .await;
     assert!(started.elapsed() >= Duration::from_millis(250));
     assert_eq!(r["status"], "expired");
@@ -479,9 +650,9 @@ timeout_notice_targets = [{ channel = "chat-b", to = "C-oncall" }]
 
     for ch in [&a, &b] {
         ch.wait_until(Duration::from_secs(5), "expired edit", |_| {
-            ch.updates()
-                .iter()
-                .any(|(_, p)| p.actions.is_empty() && p.view.status == "expired" && p.text.contains("Expired"))
+            ch.updates().iter().any(|(_, p)| {
+                p.actions.is_empty() && p.view.status == "expired" && p.text.contains("Expired")
+            })
         })
         .await;
     }
@@ -503,11 +674,21 @@ timeout_notice_targets = [{ channel = "chat-b", to = "C-oncall" }]
     assert!(audit.contains(&"timeout_notice".to_string()), "{audit:?}");
 
     let (kind, _) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "expired");
     let reply = a.press(id, Decision::ApproveOnce, user("111")).await;
-    assert!(matches!(reply, InboundReply::Refused { kind: RefusalKind::Expired, .. }));
+    assert!(matches!(
+        reply,
+        InboundReply::Refused {
+            kind: RefusalKind::Expired,
+            ..
+        }
+    ));
 
     // Per-request timeouts are capped by max_timeout_ms.
     let r = s
@@ -537,10 +718,14 @@ targets = [{ channel = "chat-a", to = "ops" }, { channel = "chat-b", to = "C-ops
     // Bob clicks in the slack-like surface.
     let reply = b.press(id, Decision::ApproveOnce, user("U222")).await;
     assert!(matches!(reply, InboundReply::Accepted { .. }), "{reply:?}");
-    a.wait_until(Duration::from_secs(5), "both chat-a edits", |_| a.updates().len() == 2)
-        .await;
-    b.wait_until(Duration::from_secs(5), "both chat-b edits", |_| b.updates().len() == 2)
-        .await;
+    a.wait_until(Duration::from_secs(5), "both chat-a edits", |_| {
+        a.updates().len() == 2
+    })
+    .await;
+    b.wait_until(Duration::from_secs(5), "both chat-b edits", |_| {
+        b.updates().len() == 2
+    })
+    .await;
     let edited: std::collections::BTreeSet<String> = a
         .updates()
         .into_iter()
@@ -558,7 +743,10 @@ targets = [{ channel = "chat-a", to = "ops" }, { channel = "chat-b", to = "C-ops
         .chain(b.deliveries())
         .map(|(_, _, m)| format!("{}/{}/{}", m.channel, m.to, m.message_id))
         .collect();
-    assert_eq!(edited, sent, "every sent message, and only those, was edited");
+    assert_eq!(
+        edited, sent,
+        "every sent message, and only those, was edited"
+    );
 }
 
 // ----- 10. rules-based approver and standing rules --------------------------------------
@@ -590,13 +778,25 @@ action = "ask"
     );
     let s = TestServer::start(&extra, as_channels(&[&a, &b])).await;
     let allowed = s
-        .call(GATEWAY, "tool.approval.request", json!({ "tool": "shell", "command": "ls -la", "risk_class": "low" }))
+        .call(
+            GATEWAY,
+            "tool.approval.request",
+            json!({ "tool": "shell", "command": "ls -la", "risk_class": "low" }),
+        )
         .await;
     assert_eq!(allowed["status"], "approved");
     assert_eq!(allowed["decided_by"]["transport"], "rules");
-    assert_eq!(allowed["delivered_to"], json!([]), "nobody is asked when a rule decides");
+    assert_eq!(
+        allowed["delivered_to"],
+        json!([]),
+        "nobody is asked when a rule decides"
+    );
     let denied = s
-        .call(GATEWAY, "tool.approval.request", json!({ "tool": "exec", "command": "rm -rf /" }))
+        .call(
+            GATEWAY,
+            "tool.approval.request",
+            json!({ "tool": "exec", "command": "rm -rf /" }),
+        )
         .await;
     assert_eq!(denied["status"], "denied");
     assert_eq!(denied["decided_by"]["approver_id"], "rules:no-root-wipe");
@@ -611,7 +811,11 @@ action = "ask"
         .request(json!({ "tool": "deploy", "command": "deploy web", "agent_id": "ci" }))
         .await;
     let resolved = s
-        .call(ALICE, "tool.approval.resolve", json!({ "id": first["id"], "decision": "allow-always" }))
+        .call(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": first["id"], "decision": "allow-always" }),
+        )
         .await;
     assert_eq!(resolved["scope"], "always");
     let rules = s.call(ALICE, "rules.list", json!({})).await;
@@ -622,10 +826,17 @@ action = "ask"
     let rule_id = standing[0]["id"].as_str().unwrap().to_string();
 
     let again = s
-        .call(GATEWAY, "tool.approval.request", json!({ "tool": "deploy", "command": "deploy web", "agent_id": "ci" }))
+        .call(
+            GATEWAY,
+            "tool.approval.request",
+            json!({ "tool": "deploy", "command": "deploy web", "agent_id": "ci" }),
+        )
         .await;
     assert_eq!(again["status"], "approved");
-    assert_eq!(again["decided_by"]["approver_id"], format!("rules:standing:{rule_id}"));
+    assert_eq!(
+        again["decided_by"]["approver_id"],
+        format!("rules:standing:{rule_id}")
+    );
     // A different command or agent is not covered.
     for other in [
         json!({ "tool": "deploy", "command": "deploy web --force", "agent_id": "ci" }),
@@ -638,7 +849,8 @@ action = "ask"
         .error_kind(ALICE, "rules.revoke", json!({ "id": rule_id }))
         .await;
     assert_eq!(kind, "unauthorized");
-    s.call(ADMIN, "rules.revoke", json!({ "id": &rule_id[..8] })).await;
+    s.call(ADMIN, "rules.revoke", json!({ "id": &rule_id[..8] }))
+        .await;
     let after = s
         .request(json!({ "tool": "deploy", "command": "deploy web", "agent_id": "ci" }))
         .await;
@@ -667,7 +879,11 @@ disabled_approvers = ["user_request"]
     let s = TestServer::start(extra, vec![]).await;
     let r = s.request(json!({ "tool": "shell", "command": "ls" })).await;
     let (kind, _) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": r["id"], "decision": "approve" }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": r["id"], "decision": "approve" }),
+        )
         .await;
     assert_eq!(kind, "not_an_approver");
 }
@@ -683,11 +899,19 @@ async fn an_admin_may_relay_an_approver_identity_others_may_not() {
         "platform_user_id": "222", "person": "bob",
     });
     let (kind, _) = s
-        .error_kind(ALICE, "tool.approval.resolve", json!({ "id": r["id"], "decision": "approve", "approver": relayed }))
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": r["id"], "decision": "approve", "approver": relayed }),
+        )
         .await;
     assert_eq!(kind, "unauthorized");
     let ok = s
-        .call(ADMIN, "tool.approval.resolve", json!({ "id": r["id"], "decision": "approve", "approver": relayed }))
+        .call(
+            ADMIN,
+            "tool.approval.resolve",
+            json!({ "id": r["id"], "decision": "approve", "approver": relayed }),
+        )
         .await;
     assert_eq!(ok["decided_by"]["person"], "bob");
     assert_eq!(ok["decided_by"]["transport"], "telegram");
@@ -703,16 +927,32 @@ async fn audit_log_records_request_delivery_refusals_decision_and_resolution_wit
         .request(json!({ "tool": "t", "command": "c", "requester": { "id": "alice@example.com" } }))
         .await;
     let id = r["id"].as_str().unwrap();
-    s.rpc(ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve" }))
-        .await;
+    s.rpc(
+        ALICE,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "approve" }),
+    )
+    .await;
     a.press(id, Decision::ApproveOnce, user("555")).await;
-    s.call(BOB, "tool.approval.resolve", json!({ "id": id, "decision": "deny", "reason": "no" }))
-        .await;
+    s.call(
+        BOB,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "deny", "reason": "no" }),
+    )
+    .await;
     let entries = s.audit(id).await;
     let kinds = events_of(&entries);
     assert_eq!(
         kinds,
-        vec!["requested", "delivered", "delivered", "refused", "refused", "decision", "resolved"],
+        vec![
+            "requested",
+            "delivered",
+            "delivered",
+            "refused",
+            "refused",
+            "decision",
+            "resolved"
+        ],
         "{entries:#?}"
     );
     let refused: Vec<&Value> = entries.iter().filter(|e| e["event"] == "refused").collect();

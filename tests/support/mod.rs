@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use approvald::ToolApprovalForwarder;
 use approvald::config::Config;
 use approvald::server::BoundServer;
-use approvald::ToolApprovalForwarder;
 use approvald_channel::{Channel, PlatformUser, TestChannel, Transport};
 use serde_json::{Value, json};
 
@@ -132,7 +132,9 @@ impl TestServer {
             dir.display().to_string()
         );
         let config = Config::from_toml_str(&text).expect("test config is valid");
-        let bound = BoundServer::bind(config, channels).await.expect("server starts");
+        let bound = BoundServer::bind(config, channels)
+            .await
+            .expect("server starts");
         let url = format!("http://{}", bound.addr);
         let engine = bound.engine.clone();
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -197,13 +199,12 @@ impl TestServer {
     }
 
     pub async fn get(&self, id: &str) -> Value {
-        self.call(ADMIN, "tool.approval.get", json!({ "id": id })).await
+        self.call(ADMIN, "tool.approval.get", json!({ "id": id }))
+            .await
     }
 
     pub async fn audit(&self, id: &str) -> Vec<Value> {
-        let r = self
-            .call(ADMIN, "audit.list", json!({ "id": id }))
-            .await;
+        let r = self.call(ADMIN, "audit.list", json!({ "id": id })).await;
         r["entries"].as_array().cloned().unwrap_or_default()
     }
 

@@ -1,0 +1,276 @@
+//! Item 11: nothing is lost on restart. Pending requests survive (kill -9 included), timers
+//! are re-armed from the stored deadline, buttons sent before the restart still work, and a
+//! caller that reconnects with `tool.approval.wait` gets the decision.
+
+mod support;
+
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use approvald_channel::{ActionData, Decision, InboundReply, TestChannel, Transport};
+use serde_json::{Value, json};
+use support::*;
+
+const TARGET_A: &str =
+    "[delivery]\nmode = \"targets\"\ntargets = [{ channel = \"chat-a\", to = \"ops\" }]\n";
+
+/// The first instance runs on its own runtime, which is then dropped with every task on it
+/// (timers, in-flight work): as abrupt as a crash, for everything that lives in memory.
+#[test]
+fn pending_requests_survive_restart_with_timers_rearmed_and_old_buttons_working() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+
+    let rt1 = tokio::runtime::Runtime::new().unwrap();
+    let (long_id, short_id, old_button) = rt1.block_on(async {
+        let a = TestChannel::new("chat-a", Transport::Discord);
+        let s = TestServer::start_in(&dir, TARGET_A, as_channels(&[&a])).await;
+        let long = s
+            .request(json!({ "tool": "deploy", "command": "deploy prod", "timeout_ms": 60_000 }))
+            .await;
+        let short = s
+            .request(json!({ "tool": "deploy", "command": "deploy staging", "timeout_ms": 1_500 }))
+            .await;
+        let (_, prompt, _) = a
+            .deliveries()
+            .into_iter()
+            .find(|(_, p, _)| p.view.approval_id == long["id"].as_str().unwrap())
+            .unwrap();
+        let button = prompt
+            .actions
+            .iter()
+            .find(|x| x.decision == Decision::ApproveOnce)
+            .unwrap()
+            .data
+            .clone();
+        (
+            long["id"].as_str().unwrap().to_string(),
+            short["id"].as_str().unwrap().to_string(),
+            button,
+        )
+    });
+    rt1.shutdown_background();
+
+    let rt2 = tokio::runtime::Runtime::new().unwrap();
+    rt2.block_on(async {
+        let a = TestChannel::new("chat-a", Transport::Discord);
+        let s = TestServer::start_in(&dir, TARGET_A, as_channels(&[&a])).await;
+        assert_eq!(s.get(&long_id).await["status"], "pending");
+        // The short one's timer was re-armed from the stored deadline: it expires on its own.
+        let waited = s
+            .call(GATEWAY, "tool.approval.wait", json!({ "id": short_id, "timeout_ms": 10_000 }))
+            .await;
+        assert_eq!(waited["status"], "expired");
+        assert_eq!(waited["decision"], "timeout");
+        // Its prompt, sent by the previous process, is edited by this one.
+        a.wait_until(Duration::from_secs(5), "expired edit after restart", |_| {
+            a.updates()
+                .iter()
+                .any(|(m, p)| m.message_id == "m2" && p.view.status == "expired")
+        })
+        .await;
+
+        // A caller reconnects and waits; a button pressed on the old prompt resolves it.
+        let waiter = {
+            let url = s.url.clone();
+            let id = long_id.clone();
+            tokio::spawn(async move {
+                reqwest::Client::new()
+                    .post(format!("{url}/rpc"))
+                    .bearer_auth(GATEWAY)
+                    .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tool.approval.wait", "params": { "id": id } }))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json::<Value>()
+                    .await
+                    .unwrap()
+            })
+        };
+        let data: ActionData = old_button.parse().unwrap();
+        let reply = a.press(&data.approval_id, data.decision, user("222")).await;
+        assert!(matches!(reply, InboundReply::Accepted { .. }), "{reply:?}");
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        assert_eq!(answer["result"]["status"], "approved");
+        assert_eq!(answer["result"]["decided_by"]["person"], "bob");
+        a.wait_until(Duration::from_secs(5), "approved edit of the pre-restart prompt", |_| {
+            a.updates()
+                .iter()
+                .any(|(m, p)| m.message_id == "m1" && p.view.status == "approved")
+        })
+        .await;
+    });
+}
+
+// ----- the real binary, killed with SIGKILL ---------------------------------------------
+
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Daemon {
+    fn start(config: &std::path::Path, url: &str) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_approvald"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env("APPROVALD_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn approvald");
+        Self {
+            child,
+            url: url.to_string(),
+        }
+    }
+
+    async fn ready(&self) {
+        let http = reqwest::Client::new();
+        for _ in 0..200 {
+            if http
+                .get(format!("{}/healthz", self.url))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("approvald did not become ready at {}", self.url);
+    }
+
+    fn kill9(&mut self) {
+        self.child.kill().expect("SIGKILL");
+        self.child.wait().expect("reap");
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn rpc(url: &str, token: &str, method: &str, params: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{url}/rpc"))
+        .bearer_auth(token)
+        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }))
+        .send()
+        .await
+        .expect("send")
+        .json()
+        .await
+        .expect("json")
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[tokio::test]
+async fn kill_dash_nine_loses_nothing_acknowledged() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("http://127.0.0.1:{port}");
+    let config = tmp.path().join("config.toml");
+    let mut f = std::fs::File::create(&config).unwrap();
+    write!(
+        f,
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = {:?}\n{BASE}",
+        tmp.path().join("data").display().to_string()
+    )
+    .unwrap();
+    drop(f);
+
+    let mut d = Daemon::start(&config, &url);
+    d.ready().await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let r = rpc(&url, GATEWAY, "tool.approval.request", json!({ "tool": "t", "command": format!("job {i}"), "wait": false, "timeout_ms": 600_000 })).await;
+        ids.push(r["result"]["id"].as_str().unwrap().to_string());
+    }
+    let short = rpc(
+        &url,
+        GATEWAY,
+        "tool.approval.request",
+        json!({ "tool": "t", "command": "short", "wait": false, "timeout_ms": 1_500 }),
+    )
+    .await;
+    let short_id = short["result"]["id"].as_str().unwrap().to_string();
+    // Resolve some; each acknowledged answer must survive.
+    for id in &ids[..10] {
+        let r = rpc(
+            &url,
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
+        .await;
+        assert_eq!(r["result"]["status"], "approved");
+    }
+    d.kill9();
+
+    let d = Daemon::start(&config, &url);
+    d.ready().await;
+    for (i, id) in ids.iter().enumerate() {
+        let r = rpc(&url, ADMIN, "tool.approval.get", json!({ "id": id })).await;
+        let want = if i < 10 { "approved" } else { "pending" };
+        assert_eq!(r["result"]["status"], want, "{id}: {r}");
+        if i < 10 {
+            assert_eq!(
+                r["result"]["approvals"].as_array().unwrap().len(),
+                1,
+                "resolved once"
+            );
+        }
+    }
+    // Resolving an already-resolved one again is refused, not doubled.
+    let r = rpc(
+        &url,
+        BOB,
+        "tool.approval.resolve",
+        json!({ "id": ids[0], "decision": "deny" }),
+    )
+    .await;
+    assert_eq!(r["error"]["data"]["kind"], "already_resolved");
+    // The short one expires after the restart, as a timeout.
+    let w = rpc(
+        &url,
+        GATEWAY,
+        "tool.approval.wait",
+        json!({ "id": short_id, "timeout_ms": 10_000 }),
+    )
+    .await;
+    assert_eq!(w["result"]["status"], "expired", "{w}");
+    // A caller reconnecting gets a decision made after the restart.
+    let waiter = {
+        let url = url.clone();
+        let id = ids[20].clone();
+        tokio::spawn(
+            async move { rpc(&url, GATEWAY, "tool.approval.wait", json!({ "id": id })).await },
+        )
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    rpc(
+        &url,
+        BOB,
+        "tool.approval.resolve",
+        json!({ "id": ids[20], "decision": "deny", "reason": "after restart" }),
+    )
+    .await;
+    let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(answer["result"]["status"], "denied");
+    assert_eq!(answer["result"]["reason"], "after restart");
+}

@@ -473,30 +473,28 @@ impl ToolApprovalForwarder {
         let rec = self.load(&id).await?;
         let actor = self.actor(&attempt.actor)?;
 
-        let refuse = |err: ApprovalError| (err, actor.identity.clone());
-        let outcome: Result<(), (ApprovalError, ApproverIdentity)> = (|| {
-            if !actor.authorised {
-                return Err(refuse(ApprovalError::NotAnApprover(
-                    actor
-                        .why_not
-                        .clone()
-                        .unwrap_or_else(|| "not an approver".into()),
-                )));
-            }
-            if !self
-                .inner
-                .config
-                .approvals
-                .factor_enabled(ApproverFactor::UserRequest)
-            {
-                return Err(refuse(ApprovalError::NotAnApprover(
-                    "people may not decide: user_request approvers are disabled".into(),
-                )));
-            }
-            Ok(())
-        })();
-        if let Err((err, who)) = outcome {
-            return Err(self.refused(&id, &who, attempt.decision, err).await);
+        let not_allowed = if !actor.authorised {
+            Some(
+                actor
+                    .why_not
+                    .clone()
+                    .unwrap_or_else(|| "not an approver".into()),
+            )
+        } else if !self
+            .inner
+            .config
+            .approvals
+            .factor_enabled(ApproverFactor::UserRequest)
+        {
+            Some("people may not decide: user_request approvers are disabled".to_string())
+        } else {
+            None
+        };
+        if let Some(why) = not_allowed {
+            let err = ApprovalError::NotAnApprover(why);
+            return Err(self
+                .refused(&id, &actor.identity, attempt.decision, err)
+                .await);
         }
 
         if rec.status != Status::Pending {
@@ -653,7 +651,7 @@ impl ToolApprovalForwarder {
                 id: rec.request.id.clone(),
                 status: rec.status,
                 verdict: r.verdict,
-                decided_by: r.decided_by.clone(),
+                decided_by: r.decided_by.clone().map(Box::new),
             },
             None => ApprovalError::Internal(format!(
                 "{} is {:?} without a resolution",

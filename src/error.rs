@@ -37,7 +37,7 @@ pub enum ApprovalError {
         id: String,
         status: Status,
         verdict: Verdict,
-        decided_by: Option<ApproverIdentity>,
+        decided_by: Option<Box<ApproverIdentity>>,
     },
     #[error("{0}")]
     NotAnApprover(String),

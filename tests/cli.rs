@@ -37,7 +37,7 @@ impl Served {
                 ),
             );
         std::fs::write(dir.path().join("config.toml"), config).unwrap();
-        let child = Command::new(BIN)
+        let mut child = Command::new(BIN)
             .arg("serve")
             .current_dir(dir.path())
             .env("APPROVALD_LOG", "warn")
@@ -56,6 +56,8 @@ impl Served {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("approvald serve did not start");
     }
 

@@ -1113,24 +1113,36 @@ impl ToolApprovalForwarder {
             (Verdict::Deny, _) => "Denied".to_string(),
             (Verdict::Timeout, _) => "Expired".to_string(),
         });
+        let decided_by = resolution
+            .and_then(|r| r.decided_by.as_ref())
+            .map(identity_label);
         PromptContext {
-            approval_id: req.id.clone(),
-            short_id: req.short_id().to_string(),
-            tool: req.tool.clone(),
-            summary: req.summary.clone(),
-            command: req.command.clone(),
-            args: req
-                .args
-                .as_ref()
-                .map(|a| serde_json::to_string_pretty(a).unwrap_or_default()),
-            risk: req.risk_class.as_str().to_string(),
-            requester: req.requester.as_ref().map(|r| match &r.display_name {
-                Some(n) => format!("{n} ({})", r.id),
-                None => r.id.clone(),
-            }),
-            agent_id: req.agent_id.clone(),
-            session_key: req.session_key.clone(),
-            expires_at: req.expires_at.to_rfc3339(),
+            view: PromptView {
+                approval_id: req.id.clone(),
+                short_id: req.short_id().to_string(),
+                tool: req.tool.clone(),
+                summary: req.summary.clone(),
+                command: req.command.clone(),
+                args: req
+                    .args
+                    .as_ref()
+                    .map(|a| serde_json::to_string_pretty(a).unwrap_or_default()),
+                risk: req.risk_class.as_str().to_string(),
+                requester: req.requester.as_ref().map(|r| match &r.display_name {
+                    Some(n) => format!("{n} ({})", r.id),
+                    None => r.id.clone(),
+                }),
+                agent_id: req.agent_id.clone(),
+                session_key: req.session_key.clone(),
+                created_at: req.created_at,
+                expires_at: req.expires_at,
+                status: rec.status.as_str().to_string(),
+                progress: (rec.status == Status::Pending || min > 1)
+                    .then(|| progress_text(rec, min))
+                    .flatten(),
+                decided_by,
+                reason: resolution.and_then(|r| r.reason.clone()),
+            },
             expires_at_text: req.expires_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             expires_in,
             expires_unix: req.expires_at.timestamp(),
@@ -1139,15 +1151,7 @@ impl ToolApprovalForwarder {
                 .iter()
                 .map(|d| d.as_str().to_string())
                 .collect(),
-            progress: (rec.status == Status::Pending || min > 1)
-                .then(|| progress_text(rec, min))
-                .flatten(),
-            status: rec.status.as_str().to_string(),
             outcome_title,
-            decided_by: resolution
-                .and_then(|r| r.decided_by.as_ref())
-                .map(identity_label),
-            reason: resolution.and_then(|r| r.reason.clone()),
             approvers: distinct_approvals(&rec.approvals)
                 .iter()
                 .map(|a| identity_label(&a.approver))
@@ -1181,24 +1185,7 @@ impl ToolApprovalForwarder {
         };
         Ok(Prompt {
             text,
-            view: PromptView {
-                approval_id: ctx.approval_id,
-                short_id: ctx.short_id,
-                tool: ctx.tool,
-                summary: ctx.summary,
-                command: ctx.command,
-                args: ctx.args,
-                risk: ctx.risk,
-                requester: ctx.requester,
-                agent_id: ctx.agent_id,
-                session_key: ctx.session_key,
-                created_at: rec.request.created_at,
-                expires_at: rec.request.expires_at,
-                status: ctx.status,
-                progress: ctx.progress,
-                decided_by: ctx.decided_by,
-                reason: ctx.reason,
-            },
+            view: ctx.view,
             actions,
         })
     }

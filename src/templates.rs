@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use approvald_channel::Markup;
+use approvald_channel::{Markup, PromptView};
 use minijinja::value::{Serde, Value};
 use minijinja::{AutoEscape, Environment, Error, ErrorKind, UndefinedBehavior};
 use serde::Serialize;
@@ -72,30 +72,17 @@ pub struct TemplateError {
     pub message: String,
 }
 
-/// Everything a template can use. Text fields are raw; escaping happens on output.
+/// Everything a template can use: the prompt's facts (the same [`PromptView`] platforms get)
+/// plus display helpers. Text fields are raw; escaping happens on output.
 #[derive(Debug, Clone, Serialize)]
 pub struct PromptContext {
-    pub approval_id: String,
-    pub short_id: String,
-    pub tool: String,
-    pub summary: Option<String>,
-    pub command: Option<String>,
-    /// Pretty-printed JSON args.
-    pub args: Option<String>,
-    pub risk: String,
-    pub requester: Option<String>,
-    pub agent_id: Option<String>,
-    pub session_key: Option<String>,
-    pub expires_at: String,
+    #[serde(flatten)]
+    pub view: PromptView,
     pub expires_at_text: String,
     pub expires_in: String,
     pub expires_unix: i64,
     pub decisions: Vec<String>,
-    pub progress: Option<String>,
-    pub status: String,
     pub outcome_title: Option<String>,
-    pub decided_by: Option<String>,
-    pub reason: Option<String>,
     pub approvers: Vec<String>,
     pub delivered_count: usize,
 }
@@ -103,19 +90,27 @@ pub struct PromptContext {
 impl PromptContext {
     /// Made-up data for `approvald render` and for checking templates at load.
     pub fn sample() -> Self {
-        let expires = chrono::Utc::now() + chrono::Duration::minutes(5);
+        let now = chrono::Utc::now();
+        let expires = now + chrono::Duration::minutes(5);
         Self {
-            approval_id: "0b9c4d2e-5f6a-4b7c-8d9e-0f1a2b3c4d5e".into(),
-            short_id: "0b9c4d2e".into(),
-            tool: "shell".into(),
-            summary: Some("Clean the build directory <before> release & tag".into()),
-            command: Some("rm -rf ./build && echo \"<done>\" > /tmp/log_*".into()),
-            args: None,
-            risk: "high".into(),
-            requester: Some("alice (telegram:5678)".into()),
-            agent_id: Some("release-bot".into()),
-            session_key: Some("agent:release-bot:main".into()),
-            expires_at: expires.to_rfc3339(),
+            view: PromptView {
+                approval_id: "0b9c4d2e-5f6a-4b7c-8d9e-0f1a2b3c4d5e".into(),
+                short_id: "0b9c4d2e".into(),
+                tool: "shell".into(),
+                summary: Some("Clean the build directory <before> release & tag".into()),
+                command: Some("rm -rf ./build && echo \"<done>\" > /tmp/log_*".into()),
+                args: None,
+                risk: "high".into(),
+                requester: Some("alice (telegram:5678)".into()),
+                agent_id: Some("release-bot".into()),
+                session_key: Some("agent:release-bot:main".into()),
+                created_at: now,
+                expires_at: expires,
+                status: "approved".into(),
+                progress: Some("1 of 2 approvals: bob".into()),
+                decided_by: Some("Bob via telegram".into()),
+                reason: Some("looks fine".into()),
+            },
             expires_at_text: expires.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             expires_in: "in 5m 0s".into(),
             expires_unix: expires.timestamp(),
@@ -124,11 +119,7 @@ impl PromptContext {
                 "approve-always".into(),
                 "deny".into(),
             ],
-            progress: Some("1 of 2 approvals: bob".into()),
-            status: "approved".into(),
             outcome_title: Some("Approved (once)".into()),
-            decided_by: Some("Bob via telegram".into()),
-            reason: Some("looks fine".into()),
             approvers: vec!["Bob via telegram".into()],
             delivered_count: 2,
         }
@@ -387,8 +378,8 @@ mod tests {
 
     fn hostile() -> PromptContext {
         let mut ctx = PromptContext::sample();
-        ctx.command = Some("echo '<b>x</b>' && @everyone ```break``` *bold* & done".into());
-        ctx.summary = Some("<script>alert(1)</script> & _under_".into());
+        ctx.view.command = Some("echo '<b>x</b>' && @everyone ```break``` *bold* & done".into());
+        ctx.view.summary = Some("<script>alert(1)</script> & _under_".into());
         ctx
     }
 
@@ -450,7 +441,7 @@ mod tests {
     fn truncation_never_cuts_an_entity() {
         let t = Templates::load(None).unwrap();
         let mut ctx = PromptContext::sample();
-        ctx.command = Some("&".repeat(5000));
+        ctx.view.command = Some("&".repeat(5000));
         let text = t
             .render(Markup::TelegramHtml, TemplateKind::Request, &ctx)
             .unwrap();

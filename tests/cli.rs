@@ -268,3 +268,83 @@ fn check_config_names_the_bad_key_and_render_previews_templates() {
         "{text}"
     );
 }
+
+#[test]
+fn watch_prints_live_events_as_json_lines() {
+    use std::io::{BufRead, BufReader};
+    let s = Served::start();
+    let mut watch = Command::new(BIN)
+        .args(["watch", "--json"])
+        .env("APPROVALD_URL", &s.url)
+        .env("APPROVALD_TOKEN", "dev-alice-token")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = watch.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Keep asking until the watcher is subscribed and reports the request.
+    let mut seen = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut id = String::new();
+    while std::time::Instant::now() < deadline
+        && !seen
+            .iter()
+            .any(|l: &String| l.contains("tool.approval.resolved"))
+    {
+        if id.is_empty() {
+            let out = s.cli(
+                "dev-gateway-token",
+                &[
+                    "request",
+                    "--tool",
+                    "shell",
+                    "--command",
+                    "make release",
+                    "--no-wait",
+                ],
+            );
+            let candidate = stdout_text(&out)
+                .split_whitespace()
+                .next()
+                .unwrap_or("")
+                .to_string();
+            if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+                seen.push(line);
+                id = candidate;
+                assert!(s.cli("dev-alice-token", &["approve", &id]).status.success());
+            }
+        } else if let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+            seen.push(line);
+        }
+    }
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let events: Vec<serde_json::Value> = seen
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["event"] == "tool.approval.requested"),
+        "{seen:?}"
+    );
+    let resolved = events
+        .iter()
+        .find(|e| e["event"] == "tool.approval.resolved")
+        .unwrap_or_else(|| panic!("no resolved event in {seen:?}"));
+    assert_eq!(resolved["data"]["id"], id.as_str());
+    assert_eq!(resolved["data"]["decided_by"]["person"], "alice");
+}
+
+fn stdout_text(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}

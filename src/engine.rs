@@ -498,6 +498,8 @@ impl ToolApprovalForwarder {
         }
 
         if rec.status != Status::Pending {
+            // Attempts on settled requests must not leave a lock entry behind.
+            self.inner.locks.remove(&id);
             let repeat = rec.approvals.iter().any(|a| {
                 a.approver.approver_id == actor.identity.approver_id
                     && a.decision == attempt.decision
@@ -829,7 +831,10 @@ impl ToolApprovalForwarder {
         let _guard = lock.lock().await;
         let rec = match self.load(id).await {
             Ok(rec) if rec.status == Status::Pending => rec,
-            Ok(_) => return,
+            Ok(_) => {
+                self.inner.locks.remove(id);
+                return;
+            }
             Err(e) => {
                 tracing::error!(id, error = %e, "cannot load request to expire it");
                 return;

@@ -285,6 +285,17 @@ pub struct ApprovalRecord {
 }
 
 impl ApprovalRecord {
+    /// A request just recorded: pending, nothing decided, nothing delivered.
+    pub fn pending(request: ApprovalRequest) -> Self {
+        Self {
+            request,
+            status: Status::Pending,
+            approvals: Vec::new(),
+            resolution: None,
+            deliveries: Vec::new(),
+        }
+    }
+
     pub fn delivered_to(&self) -> Vec<&MessageRef> {
         self.deliveries
             .iter()

@@ -85,7 +85,7 @@ pub struct DecisionAttempt {
     pub actor: Actor,
 }
 
-/// How long a request call waits for deliveries at most, and the cap on one edit or delivery.
+/// The longest one delivery, edit or notice may take before it counts as failed.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Inner {
@@ -246,6 +246,8 @@ impl ToolApprovalForwarder {
             }
         }
         let id = req.id.clone();
+        let mut rec = ApprovalRecord::pending(req);
+        let req = &rec.request;
         self.inner.metrics.requests.inc();
         self.inner.metrics.pending.inc();
         self.inner
@@ -274,7 +276,7 @@ impl ToolApprovalForwarder {
                     .read()
                     .map(|s| s.clone())
                     .unwrap_or_default();
-                rules::evaluate(&self.inner.config.rules, &standing, &req)
+                rules::evaluate(&self.inner.config.rules, &standing, req)
             };
             if let Some(identity) = verdict.identity() {
                 let decision = match verdict {
@@ -287,21 +289,21 @@ impl ToolApprovalForwarder {
                     why_not: None,
                     token_name: None,
                 };
-                let rec = self.load(&id).await?;
-                self.apply_decision(rec, actor, decision, None).await?;
+                rec = self.apply_decision(rec, actor, decision, None).await?;
             }
         }
-
-        let rec = self.load(&id).await?;
         if rec.status != Status::Pending {
             return Ok(rec);
         }
-        self.arm_timer(&id, req.expires_at);
+        self.arm_timer(&id, rec.request.expires_at);
         self.inner
             .events
             .publish(events::REQUESTED, self.view_json(&rec));
-        self.deliver_all(&rec).await;
-        let rec = self.load(&id).await?;
+        rec.deliveries = self.deliver_all(&rec).await;
+        if !self.inner.waiters.contains_key(&id) {
+            // Someone decided while the prompts were on their way: answer the outcome.
+            return self.load(&id).await;
+        }
         if rec.delivered_to().is_empty() && self.inner.events.subscriber_count() == 0 {
             tracing::warn!(
                 id = %id,
@@ -577,28 +579,26 @@ impl ToolApprovalForwarder {
         approvals.push(approval.clone());
         let min = self.inner.config.approvals.min_approvals as usize;
         let granted = distinct_approvals(&approvals);
-        let resolution = if decision == Decision::Deny {
-            Some(Resolution {
-                verdict: Verdict::Deny,
-                scope: None,
-                decided_by: Some(actor.identity.clone()),
-                reason: reason.clone(),
-                resolved_at: approval.decided_at,
-            })
+        let settled = if decision == Decision::Deny {
+            Some((Verdict::Deny, None))
         } else if granted.len() >= min {
             let always = granted
                 .iter()
                 .all(|a| a.decision == Decision::ApproveAlways);
-            Some(Resolution {
-                verdict: Verdict::Approve,
-                scope: Some(if always { Scope::Always } else { Scope::Once }),
-                decided_by: Some(actor.identity.clone()),
-                reason: reason.clone(),
-                resolved_at: approval.decided_at,
-            })
+            Some((
+                Verdict::Approve,
+                Some(if always { Scope::Always } else { Scope::Once }),
+            ))
         } else {
             None
         };
+        let resolution = settled.map(|(verdict, scope)| Resolution {
+            verdict,
+            scope,
+            decided_by: Some(actor.identity.clone()),
+            reason: reason.clone(),
+            resolved_at: approval.decided_at,
+        });
         // A deny after one's own approval is allowed (changing one's mind towards safety), so
         // it gets its own key; approvals share one key per approver, so nobody counts twice.
         let key = if decision == Decision::Deny {
@@ -764,15 +764,12 @@ impl ToolApprovalForwarder {
             .unwrap_or_default();
         m.time_to_decision.observe(elapsed.as_secs_f64());
 
-        let (event, method, kind) = if resolution.verdict == Verdict::Timeout {
-            (AuditEvent::Expired, events::EXPIRED, TemplateKind::Expired)
+        let (event, method) = if resolution.verdict == Verdict::Timeout {
+            (AuditEvent::Expired, events::EXPIRED)
         } else {
-            (
-                AuditEvent::Resolved,
-                events::RESOLVED,
-                TemplateKind::Resolved,
-            )
+            (AuditEvent::Resolved, events::RESOLVED)
         };
+        let kind = TemplateKind::outcome(rec.status);
         let mut entry = AuditEntry::new(event, Some(&id)).detail(json!({
             "verdict": resolution.verdict, "scope": resolution.scope, "reason": resolution.reason,
         }));
@@ -893,12 +890,12 @@ impl ToolApprovalForwarder {
         out
     }
 
-    /// Fan out concurrently; wait at most `delivery.wait_ms` for the answers, the rest are
-    /// recorded in the background.
-    async fn deliver_all(&self, rec: &ApprovalRecord) {
+    /// Fan out concurrently and answer the deliveries that finished within `delivery.wait_ms`;
+    /// slower ones go on in the background and are recorded when they finish.
+    async fn deliver_all(&self, rec: &ApprovalRecord) -> Vec<Delivery> {
         let targets = self.targets_for(&rec.request);
         if targets.is_empty() {
-            return;
+            return Vec::new();
         }
         let (tx, mut rx) = mpsc::channel(targets.len());
         for target in targets {
@@ -906,131 +903,94 @@ impl ToolApprovalForwarder {
             let rec = rec.clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                engine.deliver_one(&rec, target).await;
-                let _ = tx.send(()).await;
+                let _ = tx.send(engine.deliver_one(&rec, target).await).await;
             });
         }
         drop(tx);
+        let mut done = Vec::new();
         let wait = Duration::from_millis(self.inner.config.delivery.wait_ms);
-        let _ = tokio::time::timeout(wait, async { while rx.recv().await.is_some() {} }).await;
+        let _ = tokio::time::timeout(wait, async {
+            while let Some(d) = rx.recv().await {
+                done.push(d);
+            }
+        })
+        .await;
+        done
     }
 
-    async fn deliver_one(&self, rec: &ApprovalRecord, target: Target) {
+    /// Send one prompt and record the outcome (store, metrics, audit; operators are told of a
+    /// failure). A prompt that lands after the request was settled is edited to the outcome.
+    async fn deliver_one(&self, rec: &ApprovalRecord, target: Target) -> Delivery {
         let id = &rec.request.id;
-        let Some(channel) = self.inner.channels.get(&target.channel).cloned() else {
-            self.record_delivery_failure(
-                rec,
-                &target,
-                "unknown",
-                format!("no channel named {:?}", target.channel),
-            )
-            .await;
-            return;
+        let channel = self.inner.channels.get(&target.channel).cloned();
+        let platform = channel
+            .as_ref()
+            .map_or("unknown", |c| c.transport().as_str());
+        let sent = match &channel {
+            None => Err(format!("no channel named {:?}", target.channel)),
+            Some(channel) => match self.prompt(rec, channel.markup(), TemplateKind::Request) {
+                Err(e) => Err(e.to_string()),
+                Ok(prompt) => {
+                    match tokio::time::timeout(DELIVERY_TIMEOUT, channel.deliver(&target, &prompt))
+                        .await
+                    {
+                        Ok(Ok(message)) => Ok(message),
+                        Ok(Err(e)) => Err(e.message),
+                        Err(_) => Err("timed out".to_string()),
+                    }
+                }
+            },
         };
-        let prompt = match self.prompt(rec, channel.markup(), TemplateKind::Request) {
-            Ok(p) => p,
-            Err(e) => {
-                self.record_delivery_failure(
-                    rec,
-                    &target,
-                    channel.transport().as_str(),
-                    e.to_string(),
-                )
-                .await;
-                return;
-            }
-        };
-        let sent = tokio::time::timeout(DELIVERY_TIMEOUT, channel.deliver(&target, &prompt)).await;
-        let message = match sent {
-            Ok(Ok(m)) => m,
-            Ok(Err(e)) => {
-                self.record_delivery_failure(rec, &target, channel.transport().as_str(), e.message)
-                    .await;
-                return;
-            }
-            Err(_) => {
-                self.record_delivery_failure(
-                    rec,
-                    &target,
-                    channel.transport().as_str(),
-                    "timed out".into(),
-                )
-                .await;
-                return;
-            }
-        };
-        self.inner
-            .metrics
-            .deliveries
-            .get_or_create(&vec![
-                ("platform", channel.transport().as_str().to_string()),
-                ("result", "delivered".to_string()),
-            ])
-            .inc();
         let delivery = Delivery {
-            target: target.clone(),
-            message: Some(message.clone()),
-            error: None,
+            target,
+            message: sent.as_ref().ok().cloned(),
+            error: sent.as_ref().err().cloned(),
             at: Utc::now(),
         };
-        if let Err(e) = self.inner.store.record_delivery(id, &delivery).await {
-            tracing::error!(id = %id, error = %e, "cannot record delivery");
-        }
-        self.audit(
-            AuditEntry::new(AuditEvent::Delivered, Some(id))
-                .detail(json!({ "target": target, "message": message })),
-        )
-        .await;
-        // Resolved while this prompt was on its way: show the outcome on it too.
-        if let Ok(now) = self.load(id).await
-            && now.status != Status::Pending
-        {
-            let kind = if now.status == Status::Expired {
-                TemplateKind::Expired
-            } else {
-                TemplateKind::Resolved
-            };
-            if let Ok(p) = self.prompt(&now, channel.markup(), kind) {
-                let _ = channel.update(&message, &p).await;
-            }
-        }
-    }
-
-    async fn record_delivery_failure(
-        &self,
-        rec: &ApprovalRecord,
-        target: &Target,
-        platform: &str,
-        error: String,
-    ) {
-        let id = &rec.request.id;
-        tracing::warn!(id = %id, channel = %target.channel, to = %target.to, error = %error, "prompt could not be delivered");
+        let result = if delivery.error.is_some() {
+            "failed"
+        } else {
+            "delivered"
+        };
         self.inner
             .metrics
             .deliveries
             .get_or_create(&vec![
                 ("platform", platform.to_string()),
-                ("result", "failed".to_string()),
+                ("result", result.to_string()),
             ])
             .inc();
-        let delivery = Delivery {
-            target: target.clone(),
-            message: None,
-            error: Some(error.clone()),
-            at: Utc::now(),
-        };
         if let Err(e) = self.inner.store.record_delivery(id, &delivery).await {
-            tracing::error!(id = %id, error = %e, "cannot record failed delivery");
+            tracing::error!(id = %id, error = %e, "cannot record delivery");
         }
-        self.audit(
-            AuditEntry::new(AuditEvent::DeliveryFailed, Some(id))
-                .detail(json!({ "target": target, "error": error })),
-        )
-        .await;
-        self.inner.events.publish(
-            "approvald.delivery_failed",
-            json!({ "id": id, "target": target, "error": error }),
-        );
+        let detail = json!({ "target": delivery.target, "message": delivery.message, "error": delivery.error });
+        match (&channel, &delivery.message) {
+            (Some(channel), Some(message)) => {
+                self.audit(AuditEntry::new(AuditEvent::Delivered, Some(id)).detail(detail))
+                    .await;
+                // Settled while this prompt was on its way: show the outcome on it too.
+                if let Ok(now) = self.load(id).await
+                    && now.status != Status::Pending
+                    && let Ok(p) =
+                        self.prompt(&now, channel.markup(), TemplateKind::outcome(now.status))
+                {
+                    let _ = channel.update(message, &p).await;
+                }
+            }
+            _ => {
+                tracing::warn!(id = %id, channel = %delivery.target.channel, to = %delivery.target.to, error = ?delivery.error, "prompt could not be delivered");
+                self.audit(
+                    AuditEntry::new(AuditEvent::DeliveryFailed, Some(id)).detail(detail.clone()),
+                )
+                .await;
+                let mut event = detail;
+                event["id"] = json!(id);
+                self.inner
+                    .events
+                    .publish("approvald.delivery_failed", event);
+            }
+        }
+        delivery
     }
 
     /// Edit every delivered prompt of this request, on every surface, concurrently.

@@ -40,6 +40,15 @@ impl TemplateKind {
         }
     }
 
+    /// The template that shows how a settled request ended.
+    pub fn outcome(status: crate::domain::Status) -> Self {
+        if status == crate::domain::Status::Expired {
+            TemplateKind::Expired
+        } else {
+            TemplateKind::Resolved
+        }
+    }
+
     fn bundled(self) -> &'static str {
         match self {
             TemplateKind::Request => include_str!("../templates/request.j2"),

@@ -533,10 +533,6 @@ impl Config {
         }
         Ok(())
     }
-
-    pub fn person(&self, name: &str) -> Option<&PersonConfig> {
-        self.people.iter().find(|p| p.name == name)
-    }
 }
 
 fn check_target(t: &Target, key: &str) -> Result<(), ConfigError> {

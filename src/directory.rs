@@ -3,10 +3,12 @@
 //! Self-approval and quorum are decided on the linked person, so alice cannot approve her own
 //! request from another app and cannot count twice by clicking in two places.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use subtle::ConstantTimeEq;
 
-use crate::config::{Config, PersonConfig, TokenConfig, TokenScope};
+use crate::config::{Config, PersonConfig, TokenScope};
 use crate::domain::{ApprovalRequest, ApproverIdentity, Transport};
 use crate::error::ApprovalError;
 use approvald_channel::PlatformUser;
@@ -48,23 +50,18 @@ pub struct ResolvedActor {
 /// Lookups over the configuration's tokens, people and channel approver lists.
 #[derive(Debug, Clone)]
 pub struct Directory {
-    tokens: Vec<TokenConfig>,
-    people: Vec<PersonConfig>,
-    channels: std::collections::BTreeMap<String, crate::config::ChannelConfig>,
+    config: Arc<Config>,
 }
 
 impl Directory {
-    pub fn new(config: &Config) -> Self {
-        Self {
-            tokens: config.tokens.clone(),
-            people: config.people.clone(),
-            channels: config.channels.clone(),
-        }
+    pub fn new(config: Arc<Config>) -> Self {
+        Self { config }
     }
 
     /// Check a bearer token in constant time per candidate.
     pub fn authenticate(&self, presented: &str) -> Result<Caller, ApprovalError> {
         let found = self
+            .config
             .tokens
             .iter()
             .find(|t| bool::from(t.token.expose().as_bytes().ct_eq(presented.as_bytes())));
@@ -90,7 +87,7 @@ impl Directory {
 
     /// The person signing in to the control UI with this token.
     pub fn person_by_ui_token(&self, presented: &str) -> Option<&PersonConfig> {
-        self.people.iter().find(|p| {
+        self.config.people.iter().find(|p| {
             p.ui_token
                 .as_ref()
                 .is_some_and(|t| bool::from(t.expose().as_bytes().ct_eq(presented.as_bytes())))
@@ -98,11 +95,12 @@ impl Directory {
     }
 
     pub fn person(&self, name: &str) -> Option<&PersonConfig> {
-        self.people.iter().find(|p| p.name == name)
+        self.config.people.iter().find(|p| p.name == name)
     }
 
     pub fn person_by_platform_id(&self, transport: Transport, id: &str) -> Option<&PersonConfig> {
-        self.people
+        self.config
+            .people
             .iter()
             .find(|p| p.platform_ids(transport).iter().any(|x| x == id))
     }
@@ -111,6 +109,7 @@ impl Directory {
     /// `<surface>:<platform id>` (e.g. `telegram:5678`).
     pub fn person_by_requester_id(&self, id: &str) -> Option<&PersonConfig> {
         if let Some(p) = self
+            .config
             .people
             .iter()
             .find(|p| p.name == id || p.ids.iter().any(|x| x == id))
@@ -130,7 +129,8 @@ impl Directory {
             return Some(p.name.clone());
         }
         let token = req.requested_via_token.as_deref()?;
-        self.tokens
+        self.config
+            .tokens
             .iter()
             .find(|t| t.name == token)
             .and_then(|t| t.person.clone())
@@ -216,7 +216,7 @@ impl Directory {
                 person: None,
             },
         };
-        let channel_cfg = self.channels.get(channel);
+        let channel_cfg = self.config.channels.get(channel);
         let listed = channel_cfg.is_some_and(|c| {
             c.approvers.iter().any(|a| a == &user.id)
                 || c.approver_roles.iter().any(|r| user.roles.contains(r))
@@ -247,7 +247,8 @@ impl Directory {
                     .and_then(|id| self.person_by_platform_id(relayed.transport, id))
             });
         let listed = relayed.platform_user_id.as_deref().is_some_and(|id| {
-            self.channels
+            self.config
+                .channels
                 .values()
                 .any(|c| c.approvers.iter().any(|a| a == id))
         });

@@ -144,7 +144,7 @@ impl ToolApprovalForwarder {
         }
         Ok(Self {
             inner: Arc::new(Inner {
-                directory: Directory::new(&config),
+                directory: Directory::new(config.clone()),
                 config,
                 store,
                 channels,
@@ -183,15 +183,17 @@ impl ToolApprovalForwarder {
         &self.inner.templates
     }
 
-    pub fn channel_health(&self) -> Vec<(String, approvald_channel::ChannelHealth)> {
-        let mut out: Vec<_> = self
-            .inner
-            .channels
-            .iter()
-            .map(|(n, c)| (n.clone(), c.health()))
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
+    /// Each channel's health, by name, as `/healthz` and `approvald.status` show it.
+    pub fn channel_health(&self) -> Vec<serde_json::Value> {
+        let mut names: Vec<_> = self.inner.channels.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|name| {
+                let h = self.inner.channels[name].health();
+                json!({ "name": name, "connected": h.connected, "last_error": h.last_error })
+            })
+            .collect()
     }
 
     /// Re-arm timers for every pending request, load standing rules, start channel receivers.

@@ -65,13 +65,7 @@ pub fn authenticate(ctx: &AppContext, headers: &HeaderMap) -> Result<Caller, App
 }
 
 async fn healthz(State(ctx): State<AppContext>) -> Response {
-    let channels: Vec<_> = ctx
-        .engine
-        .channel_health()
-        .into_iter()
-        .map(|(name, h)| json!({ "name": name, "connected": h.connected, "last_error": h.last_error }))
-        .collect();
-    axum::Json(json!({ "status": "ok", "channels": channels })).into_response()
+    axum::Json(json!({ "status": "ok", "channels": ctx.engine.channel_health() })).into_response()
 }
 
 async fn metrics(State(ctx): State<AppContext>) -> Response {

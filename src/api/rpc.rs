@@ -219,8 +219,7 @@ async fn dispatch(
         "tool.approval.get" => {
             let p: IdParams = parse(params)?;
             let rec = engine.get(&p.id).await?;
-            let mut v = result_json(&rec);
-            v["request"] = json!(rec.request);
+            let mut v = engine.view_json(&rec);
             v["deliveries"] = json!(rec.deliveries);
             Ok(v)
         }
@@ -253,14 +252,7 @@ async fn dispatch(
                         r.request.id
                     )
                 });
-            let items: Vec<Value> = items
-                .iter()
-                .map(|r| {
-                    let mut v = result_json(r);
-                    v["request"] = json!(r.request);
-                    v
-                })
-                .collect();
+            let items: Vec<Value> = items.iter().map(|r| engine.view_json(r)).collect();
             Ok(json!({ "items": items, "next_cursor": next_cursor }))
         }
         "tool.approval.resolve" => {
@@ -363,12 +355,7 @@ async fn dispatch(
             for (s, n) in counts {
                 by_status.insert(s.as_str().to_string(), json!(n));
             }
-            let channels: Vec<Value> = engine
-                .channel_health()
-                .into_iter()
-                .map(|(n, h)| json!({ "name": n, "connected": h.connected, "last_error": h.last_error }))
-                .collect();
-            Ok(json!({ "counts": by_status, "channels": channels }))
+            Ok(json!({ "counts": by_status, "channels": engine.channel_health() }))
         }
         other => Err(ApprovalError::MethodNotFound(other.to_string())),
     }

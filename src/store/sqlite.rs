@@ -67,6 +67,21 @@ impl SqliteStore {
         Ok(Self { writer, reader })
     }
 
+    /// The JSON documents in the first column of `sql` (one `?1` = `id`), decoded.
+    async fn json_rows<T: serde::de::DeserializeOwned>(
+        &self,
+        sql: &'static str,
+        id: &str,
+    ) -> Result<Vec<T>, StoreError> {
+        sqlx::query(sql)
+            .bind(id)
+            .fetch_all(&self.reader)
+            .await?
+            .iter()
+            .map(|r| Ok(serde_json::from_str(r.try_get::<&str, _>(0)?)?))
+            .collect()
+    }
+
     async fn load(&self, row: sqlx::sqlite::SqliteRow) -> Result<ApprovalRecord, StoreError> {
         let id: String = row.try_get("id")?;
         let status: String = row.try_get("status")?;
@@ -74,30 +89,18 @@ impl SqliteStore {
         let resolution: Option<String> = row.try_get("resolution_json")?;
         let resolution: Option<Resolution> =
             resolution.map(|r| serde_json::from_str(&r)).transpose()?;
-        let approvals =
-            sqlx::query("SELECT approval_json FROM decisions WHERE approval_id = ?1 ORDER BY seq")
-                .bind(&id)
-                .fetch_all(&self.reader)
-                .await?
-                .into_iter()
-                .map(|r| {
-                    Ok(serde_json::from_str::<Approval>(
-                        r.try_get("approval_json")?,
-                    )?)
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
-        let deliveries =
-            sqlx::query("SELECT delivery_json FROM deliveries WHERE approval_id = ?1 ORDER BY seq")
-                .bind(&id)
-                .fetch_all(&self.reader)
-                .await?
-                .into_iter()
-                .map(|r| {
-                    Ok(serde_json::from_str::<Delivery>(
-                        r.try_get("delivery_json")?,
-                    )?)
-                })
-                .collect::<Result<Vec<_>, StoreError>>()?;
+        let approvals = self
+            .json_rows(
+                "SELECT approval_json FROM decisions WHERE approval_id = ?1 ORDER BY seq",
+                &id,
+            )
+            .await?;
+        let deliveries = self
+            .json_rows(
+                "SELECT delivery_json FROM deliveries WHERE approval_id = ?1 ORDER BY seq",
+                &id,
+            )
+            .await?;
         Ok(ApprovalRecord {
             request,
             status: Status::from_str(&status).map_err(StoreError)?,

@@ -194,22 +194,7 @@ async fn wait_blocks_until_resolution_and_get_list_paginate() {
     let s = TestServer::start("", vec![]).await;
     let r = s.request(json!({ "tool": "t", "command": "x" })).await;
     let id = r["id"].as_str().unwrap().to_string();
-    let waiter = {
-        let url = s.url.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            reqwest::Client::new()
-                .post(format!("{url}/rpc"))
-                .bearer_auth(GATEWAY)
-                .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tool.approval.wait", "params": { "id": id } }))
-                .send()
-                .await
-                .unwrap()
-                .json::<Value>()
-                .await
-                .unwrap()
-        })
-    };
+    let waiter = s.spawn_wait(&id);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(!waiter.is_finished());
     s.call(

@@ -4,15 +4,10 @@
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_approvald");
+mod support;
+use support::free_port;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+const BIN: &str = env!("CARGO_BIN_EXE_approvald");
 
 /// `approvald serve` on the bundled example config, moved to a free port and a temp data dir.
 struct Served {

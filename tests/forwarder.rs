@@ -385,6 +385,7 @@ async fn quorum_needs_distinct_people_shows_progress_and_any_deny_rejects() {
     let (a, b) = channels();
     let extra = format!("[approvals]\nmin_approvals = 2\n{TARGETS_A_B}");
     let s = TestServer::start(&extra, as_channels(&[&a, &b])).await;
+    let mut events = s.engine.events().subscribe();
     let r = s
         .request(json!({ "tool": "shell", "command": "deploy prod" }))
         .await;
@@ -398,6 +399,18 @@ async fn quorum_needs_distinct_people_shows_progress_and_any_deny_rejects() {
         )
         .await;
     assert_eq!(one["status"], "pending");
+    // Watchers are told of the progress.
+    let update = loop {
+        let ev = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .expect("an event in time")
+            .unwrap();
+        if ev.method == "tool.approval.updated" {
+            break ev;
+        }
+    };
+    assert_eq!(update.params["approval"]["id"], id);
+    assert_eq!(update.params["progress"], "1 of 2 approvals: Alice");
     // Prompts everywhere show the progress.
     a.wait_until(Duration::from_secs(5), "progress edit", |_| {
         a.updates()

@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use approvald_channel::{ActionData, Decision, InboundReply, TestChannel, Transport};
-use serde_json::{Value, json};
+use serde_json::json;
 use support::*;
 
 const TARGET_A: &str =
@@ -59,7 +59,11 @@ fn pending_requests_survive_restart_with_timers_rearmed_and_old_buttons_working(
         assert_eq!(s.get(&long_id).await["status"], "pending");
         // The short one's timer was re-armed from the stored deadline: it expires on its own.
         let waited = s
-            .call(GATEWAY, "tool.approval.wait", json!({ "id": short_id, "timeout_ms": 10_000 }))
+            .call(
+                GATEWAY,
+                "tool.approval.wait",
+                json!({ "id": short_id, "timeout_ms": 10_000 }),
+            )
             .await;
         assert_eq!(waited["status"], "expired");
         assert_eq!(waited["decision"], "timeout");
@@ -72,33 +76,25 @@ fn pending_requests_survive_restart_with_timers_rearmed_and_old_buttons_working(
         .await;
 
         // A caller reconnects and waits; a button pressed on the old prompt resolves it.
-        let waiter = {
-            let url = s.url.clone();
-            let id = long_id.clone();
-            tokio::spawn(async move {
-                reqwest::Client::new()
-                    .post(format!("{url}/rpc"))
-                    .bearer_auth(GATEWAY)
-                    .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": "tool.approval.wait", "params": { "id": id } }))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json::<Value>()
-                    .await
-                    .unwrap()
-            })
-        };
+        let waiter = s.spawn_wait(&long_id);
         let data: ActionData = old_button.parse().unwrap();
         let reply = a.press(&data.approval_id, data.decision, user("222")).await;
         assert!(matches!(reply, InboundReply::Accepted { .. }), "{reply:?}");
-        let answer = tokio::time::timeout(Duration::from_secs(5), waiter).await.unwrap().unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(answer["result"]["status"], "approved");
         assert_eq!(answer["result"]["decided_by"]["person"], "bob");
-        a.wait_until(Duration::from_secs(5), "approved edit of the pre-restart prompt", |_| {
-            a.updates()
-                .iter()
-                .any(|(m, p)| m.message_id == "m1" && p.view.status == "approved")
-        })
+        a.wait_until(
+            Duration::from_secs(5),
+            "approved edit of the pre-restart prompt",
+            |_| {
+                a.updates()
+                    .iter()
+                    .any(|(m, p)| m.message_id == "m1" && p.view.status == "approved")
+            },
+        )
         .await;
     });
 }
@@ -155,27 +151,6 @@ impl Drop for Daemon {
     }
 }
 
-async fn rpc(url: &str, token: &str, method: &str, params: Value) -> Value {
-    reqwest::Client::new()
-        .post(format!("{url}/rpc"))
-        .bearer_auth(token)
-        .json(&json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params }))
-        .send()
-        .await
-        .expect("send")
-        .json()
-        .await
-        .expect("json")
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn kill_dash_nine_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
@@ -195,10 +170,10 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     d.ready().await;
     let mut ids = Vec::new();
     for i in 0..50 {
-        let r = rpc(&url, GATEWAY, "tool.approval.request", json!({ "tool": "t", "command": format!("job {i}"), "wait": false, "timeout_ms": 600_000 })).await;
+        let r = rpc_at(&url, GATEWAY, "tool.approval.request", json!({ "tool": "t", "command": format!("job {i}"), "wait": false, "timeout_ms": 600_000 })).await;
         ids.push(r["result"]["id"].as_str().unwrap().to_string());
     }
-    let short = rpc(
+    let short = rpc_at(
         &url,
         GATEWAY,
         "tool.approval.request",
@@ -208,7 +183,7 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     let short_id = short["result"]["id"].as_str().unwrap().to_string();
     // Resolve some; each acknowledged answer must survive.
     for id in &ids[..10] {
-        let r = rpc(
+        let r = rpc_at(
             &url,
             ALICE,
             "tool.approval.resolve",
@@ -222,7 +197,7 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     let d = Daemon::start(&config, &url);
     d.ready().await;
     for (i, id) in ids.iter().enumerate() {
-        let r = rpc(&url, ADMIN, "tool.approval.get", json!({ "id": id })).await;
+        let r = rpc_at(&url, ADMIN, "tool.approval.get", json!({ "id": id })).await;
         let want = if i < 10 { "approved" } else { "pending" };
         assert_eq!(r["result"]["status"], want, "{id}: {r}");
         if i < 10 {
@@ -234,7 +209,7 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
         }
     }
     // Resolving an already-resolved one again is refused, not doubled.
-    let r = rpc(
+    let r = rpc_at(
         &url,
         BOB,
         "tool.approval.resolve",
@@ -243,7 +218,7 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     .await;
     assert_eq!(r["error"]["data"]["kind"], "already_resolved");
     // The short one expires after the restart, as a timeout.
-    let w = rpc(
+    let w = rpc_at(
         &url,
         GATEWAY,
         "tool.approval.wait",
@@ -252,15 +227,9 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     .await;
     assert_eq!(w["result"]["status"], "expired", "{w}");
     // A caller reconnecting gets a decision made after the restart.
-    let waiter = {
-        let url = url.clone();
-        let id = ids[20].clone();
-        tokio::spawn(
-            async move { rpc(&url, GATEWAY, "tool.approval.wait", json!({ "id": id })).await },
-        )
-    };
+    let waiter = spawn_wait(&url, &ids[20]);
     tokio::time::sleep(Duration::from_millis(100)).await;
-    rpc(
+    rpc_at(
         &url,
         BOB,
         "tool.approval.resolve",

@@ -157,17 +157,12 @@ impl TestServer {
 
     /// The full JSON-RPC response object.
     pub async fn rpc(&self, token: &str, method: &str, params: Value) -> Value {
-        let body = json!({ "jsonrpc": "2.0", "id": 7, "method": method, "params": params });
-        self.http
-            .post(format!("{}/rpc", self.url))
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-            .await
-            .expect("rpc send")
-            .json()
-            .await
-            .expect("rpc answer is JSON")
+        rpc_at(&self.url, token, method, params).await
+    }
+
+    /// A caller blocked in `tool.approval.wait` in the background (its full response).
+    pub fn spawn_wait(&self, id: &str) -> tokio::task::JoinHandle<Value> {
+        spawn_wait(&self.url, id)
     }
 
     /// `result` or panic with the error.
@@ -223,6 +218,37 @@ impl Drop for TestServer {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// One JSON-RPC call to the server at `url`; the full response object.
+pub async fn rpc_at(url: &str, token: &str, method: &str, params: Value) -> Value {
+    reqwest::Client::new()
+        .post(format!("{url}/rpc"))
+        .bearer_auth(token)
+        .json(&json!({ "jsonrpc": "2.0", "id": 7, "method": method, "params": params }))
+        .send()
+        .await
+        .expect("rpc send")
+        .json()
+        .await
+        .expect("rpc answer is JSON")
+}
+
+/// The gateway waiting on `id` at `url`, in the background.
+pub fn spawn_wait(url: &str, id: &str) -> tokio::task::JoinHandle<Value> {
+    let (url, id) = (url.to_string(), id.to_string());
+    tokio::spawn(
+        async move { rpc_at(&url, GATEWAY, "tool.approval.wait", json!({ "id": id })).await },
+    )
+}
+
+/// A loopback port nobody listens on right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
 }
 
 pub fn user(id: &str) -> PlatformUser {

@@ -971,8 +971,9 @@ impl ToolApprovalForwarder {
                 self.audit(AuditEntry::new(AuditEvent::Delivered, Some(id)).detail(detail))
                     .await;
                 // Settled while this prompt was on its way: show the outcome on it too.
-                if let Ok(now) = self.load(id).await
-                    && now.status != Status::Pending
+                if let Ok(Some(status)) = self.inner.store.status(id).await
+                    && status != Status::Pending
+                    && let Ok(now) = self.load(id).await
                     && let Ok(p) =
                         self.prompt(&now, channel.markup(), TemplateKind::outcome(now.status))
                 {

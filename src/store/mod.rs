@@ -78,6 +78,8 @@ pub struct AuditQuery {
 pub trait Store: Send + Sync + 'static {
     async fn insert_request(&self, req: &ApprovalRequest) -> Result<InsertOutcome, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+    /// Just the status: a cheap check where the whole record is not needed.
+    async fn status(&self, id: &str) -> Result<Option<Status>, StoreError>;
     /// Ids starting with `prefix`, at most `limit`.
     async fn ids_with_prefix(&self, prefix: &str, limit: u32) -> Result<Vec<String>, StoreError>;
     async fn list(&self, query: &ListQuery) -> Result<Vec<ApprovalRecord>, StoreError>;

@@ -152,6 +152,17 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn status(&self, id: &str) -> Result<Option<Status>, StoreError> {
+        let status: Option<String> =
+            sqlx::query_scalar("SELECT status FROM approvals WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?;
+        status
+            .map(|s| Status::from_str(&s).map_err(StoreError))
+            .transpose()
+    }
+
     async fn ids_with_prefix(&self, prefix: &str, limit: u32) -> Result<Vec<String>, StoreError> {
         // Callers pass only [0-9a-zA-Z-], so no LIKE wildcard can sneak in; a range scan on the
         // primary key does the rest.

@@ -111,6 +111,26 @@ impl SqliteStore {
     }
 }
 
+/// The compare-and-set every resolution goes through: only a pending request can be settled,
+/// so of two racing resolvers exactly one sees `true`.
+async fn settle(
+    conn: &mut sqlx::SqliteConnection,
+    id: &str,
+    resolution: &Resolution,
+) -> Result<bool, StoreError> {
+    let updated = sqlx::query(
+        "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
+         WHERE id = ?1 AND status = 'pending'",
+    )
+    .bind(id)
+    .bind(resolution.verdict.status().as_str())
+    .bind(serde_json::to_string(resolution)?)
+    .bind(ms(resolution.resolved_at))
+    .execute(conn)
+    .await?;
+    Ok(updated.rows_affected() == 1)
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_request(&self, req: &ApprovalRequest) -> Result<InsertOutcome, StoreError> {
@@ -246,38 +266,19 @@ impl Store for SqliteStore {
                 DecisionWrite::NotPending
             });
         }
-        if let Some(resolution) = resolution {
-            let updated = sqlx::query(
-                "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
-                 WHERE id = ?1 AND status = 'pending'",
-            )
-            .bind(id)
-            .bind(resolution.verdict.status().as_str())
-            .bind(serde_json::to_string(resolution)?)
-            .bind(ms(resolution.resolved_at))
-            .execute(&mut *tx)
-            .await?;
-            if updated.rows_affected() == 0 {
-                tx.rollback().await?;
-                return Ok(DecisionWrite::NotPending);
-            }
+        if let Some(resolution) = resolution
+            && !settle(&mut tx, id, resolution).await?
+        {
+            tx.rollback().await?;
+            return Ok(DecisionWrite::NotPending);
         }
         tx.commit().await?;
         Ok(DecisionWrite::Recorded)
     }
 
     async fn resolve(&self, id: &str, resolution: &Resolution) -> Result<bool, StoreError> {
-        let updated = sqlx::query(
-            "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
-             WHERE id = ?1 AND status = 'pending'",
-        )
-        .bind(id)
-        .bind(resolution.verdict.status().as_str())
-        .bind(serde_json::to_string(resolution)?)
-        .bind(ms(resolution.resolved_at))
-        .execute(&self.writer)
-        .await?;
-        Ok(updated.rows_affected() == 1)
+        let mut conn = self.writer.acquire().await?;
+        settle(&mut conn, id, resolution).await
     }
 
     async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError> {

@@ -8,8 +8,8 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use approvald_channel::{
-    ActionData, Channel, InboundAction, InboundReply, InboundSink, Markup, Prompt, PromptAction,
-    PromptView, RefusalKind,
+    ActionData, Channel, InboundAction, InboundReply, InboundSink, Markup, MessageRef,
+    PlatformUser, Prompt, PromptAction, PromptView, RefusalKind,
 };
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -157,6 +157,16 @@ impl ToolApprovalForwarder {
                 standing: RwLock::new(Vec::new()),
             }),
         })
+    }
+
+    /// The channels prompts go to, by configured name order.
+    pub fn channels(&self) -> Vec<Arc<dyn Channel>> {
+        let mut names: Vec<_> = self.inner.channels.keys().collect();
+        names.sort();
+        names
+            .into_iter()
+            .map(|n| self.inner.channels[n].clone())
+            .collect()
     }
 
     pub fn config(&self) -> &Config {
@@ -1263,6 +1273,55 @@ pub fn result_json(rec: &ApprovalRecord) -> serde_json::Value {
 
 #[async_trait]
 impl InboundSink for ToolApprovalForwarder {
+    async fn pending(
+        &self,
+        channel: &str,
+        user: &PlatformUser,
+    ) -> Result<Vec<PromptView>, InboundReply> {
+        let actor = Actor::Platform {
+            channel: channel.to_string(),
+            user: user.clone(),
+        };
+        let refused = |message: String| InboundReply::Refused {
+            kind: RefusalKind::NotAnApprover,
+            message,
+        };
+        match self.actor(&actor) {
+            Ok(a) if a.authorised => {}
+            Ok(_) => {
+                return Err(refused(
+                    "You are not authorised to see or decide on requests.".into(),
+                ));
+            }
+            Err(e) => return Err(refused(e.to_string())),
+        }
+        let query = ListQuery {
+            status: Some(Status::Pending),
+            limit: 20,
+            ..ListQuery::default()
+        };
+        match self.list(&query).await {
+            Ok(recs) => Ok(recs.iter().map(|r| self.context(r).view).collect()),
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list pending requests for a chat command");
+                Err(InboundReply::Refused {
+                    kind: RefusalKind::Internal,
+                    message: "Something went wrong; try again or use the control UI.".into(),
+                })
+            }
+        }
+    }
+
+    async fn approval_for_message(&self, message: &MessageRef) -> Option<String> {
+        match self.inner.store.approval_for_message(message).await {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot look up the approval behind a message");
+                None
+            }
+        }
+    }
+
     async fn decide(&self, action: InboundAction) -> InboundReply {
         let attempt = DecisionAttempt {
             id: action.approval.clone(),

@@ -4,7 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use approvald_channel::Channel;
+use approvald_channel::{Channel, InboundSink};
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppContext};
@@ -13,20 +13,30 @@ use crate::engine::ToolApprovalForwarder;
 use crate::store::SqliteStore;
 use crate::templates::Templates;
 
-/// The chat channels this build can run, from `[channels.*]`. Platform crates plug in here.
+/// The chat channels this build can run, from `[channels.*]`: each table's `kind` (or, when
+/// absent, its name) picks the platform crate. `enabled = false` leaves a channel out.
 pub fn platform_channels(config: &Config) -> anyhow::Result<Vec<Arc<dyn Channel>>> {
-    if let Some(name) = config
-        .channels
-        .iter()
-        .find(|(_, c)| c.settings.contains_key("kind"))
-        .map(|(n, _)| n)
-    {
+    let channels: Vec<Arc<dyn Channel>> = Vec::new();
+    for (name, channel) in &config.channels {
+        if channel.settings.get("enabled").and_then(|v| v.as_bool()) == Some(false) {
+            continue;
+        }
+        let kind = match channel.settings.get("kind") {
+            Some(toml::Value::String(kind)) => kind.as_str(),
+            Some(_) => anyhow::bail!("config error at channels.{name}.kind: expected a string"),
+            None => name.as_str(),
+        };
+        // Platform crates add their arm here: `"telegram" => channels.push(...)`.
         anyhow::bail!(
-            "config error at channels.{name}.kind: this build has no platform channels yet"
+            "config error at channels.{name}.kind: unknown platform {kind:?} (this build knows: {})",
+            KNOWN_PLATFORMS.join(", ")
         );
     }
-    Ok(Vec::new())
+    Ok(channels)
 }
+
+/// The platform kinds `platform_channels` can build.
+const KNOWN_PLATFORMS: &[&str] = &[];
 
 /// Open the store, load templates, build and start the engine.
 pub async fn build_engine(
@@ -73,14 +83,21 @@ impl BoundServer {
     ) -> anyhow::Result<()> {
         let ctx = AppContext {
             max_body_bytes: self.engine.config().server.max_body_bytes,
-            engine: self.engine,
+            engine: self.engine.clone(),
         };
+        let mut router = api::router(ctx);
+        // Webhook receivers (Slack, Discord, Telegram) live on the same listener.
+        let sink: Arc<dyn InboundSink> = Arc::new(self.engine.clone());
+        for channel in self.engine.channels() {
+            if let Some(routes) = channel.routes(sink.clone()) {
+                router = router.merge(routes);
+            }
+        }
         let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve =
-            axum::serve(self.listener, api::router(ctx)).with_graceful_shutdown(async move {
-                shutdown.await;
-                let _ = stopping_tx.send(());
-            });
+        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stopping_tx.send(());
+        });
         // Callers blocked in a long wait would hold shutdown open for minutes: give in-flight
         // work a grace period, then stop. Their requests stay pending in the store, and they
         // get their answer with `tool.approval.wait` after reconnecting.

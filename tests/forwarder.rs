@@ -980,3 +980,59 @@ async fn audit_log_records_request_delivery_refusals_decision_and_resolution_wit
     let (kind, _) = s.error_kind(ALICE, "audit.list", json!({})).await;
     assert_eq!(kind, "unauthorized");
 }
+
+// ----- chat commands: /pending and replies to a prompt --------------------------------
+
+#[tokio::test]
+async fn chat_receivers_can_list_pending_for_approvers_and_find_the_approval_behind_a_prompt() {
+    let (a, b) = channels();
+    let s = TestServer::start(TARGETS_A_B, as_channels(&[&a, &b])).await;
+    let r = s
+        .request(json!({ "tool": "shell", "command": "deploy prod" }))
+        .await;
+    let id = r["id"].as_str().unwrap().to_string();
+    a.wait_until(Duration::from_secs(5), "the prompt on chat-a", |calls| {
+        calls
+            .iter()
+            .any(|c| matches!(c, approvald_channel::RecordedCall::Deliver { .. }))
+    })
+    .await;
+    let message = a.deliveries()[0].2.clone();
+
+    // A reply to the prompt message finds its approval, also through a fresh lookup by
+    // channel, chat and message id; any other message finds nothing.
+    let sink = a.sink();
+    assert_eq!(sink.approval_for_message(&message).await, Some(id.clone()));
+    let mut other = message.clone();
+    other.message_id = "no-such-message".into();
+    assert_eq!(sink.approval_for_message(&other).await, None);
+
+    // /pending: an approver sees the request; a stranger is refused and sees nothing.
+    let views = sink
+        .pending("chat-a", &user("999"))
+        .await
+        .expect("approver");
+    assert_eq!(views.len(), 1);
+    assert_eq!(views[0].approval_id, id);
+    assert_eq!(views[0].command.as_deref(), Some("deploy prod"));
+    let refused = sink.pending("chat-a", &user("555")).await;
+    assert!(
+        matches!(
+            refused,
+            Err(InboundReply::Refused {
+                kind: RefusalKind::NotAnApprover,
+                ..
+            })
+        ),
+        "{refused:?}"
+    );
+
+    // Once resolved it is no longer pending.
+    a.press(&id, Decision::Deny, user("999")).await;
+    assert!(
+        sink.pending("chat-a", &user("999"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

@@ -160,8 +160,9 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     let mut f = std::fs::File::create(&config).unwrap();
     write!(
         f,
-        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = {:?}\n{BASE}",
-        tmp.path().join("data").display().to_string()
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = {:?}\n{}",
+        tmp.path().join("data").display().to_string(),
+        base_for_binary()
     )
     .unwrap();
     drop(f);

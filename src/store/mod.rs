@@ -6,12 +6,19 @@ mod sqlite;
 
 pub use sqlite::SqliteStore;
 
+use approvald_channel::MessageRef;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
 use crate::rules::StandingRule;
+
+/// How a delivered message is looked up again: thread ids are left out because a reply in a
+/// thread names the chat and the message, not always the thread.
+pub fn message_key(m: &MessageRef) -> String {
+    format!("{}|{}|{}", m.channel, m.to, m.message_id)
+}
 
 /// A storage failure. Its text is for logs; API answers say only "internal error".
 #[derive(Debug, thiserror::Error)]
@@ -95,6 +102,11 @@ pub trait Store: Send + Sync + 'static {
     /// Resolve without a new decision (timeout). Compare-and-set: false if no longer pending.
     async fn resolve(&self, id: &str, resolution: &Resolution) -> Result<bool, StoreError>;
     async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError>;
+    /// The approval a delivered message belongs to (channel, chat and message id must match).
+    async fn approval_for_message(
+        &self,
+        message: &MessageRef,
+    ) -> Result<Option<String>, StoreError>;
     /// Every pending request and its deadline (to re-arm timers at start).
     async fn pending_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError>;
     async fn count_by_status(&self) -> Result<Vec<(Status, u64)>, StoreError>;

@@ -14,10 +14,11 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError};
+use super::{AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, message_key};
 use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
 use crate::rules::StandingRule;
+use approvald_channel::MessageRef;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -282,12 +283,27 @@ impl Store for SqliteStore {
     }
 
     async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO deliveries (approval_id, delivery_json) VALUES (?1, ?2)")
-            .bind(id)
-            .bind(serde_json::to_string(delivery)?)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "INSERT INTO deliveries (approval_id, delivery_json, message_key) VALUES (?1, ?2, ?3)",
+        )
+        .bind(id)
+        .bind(serde_json::to_string(delivery)?)
+        .bind(delivery.message.as_ref().map(message_key))
+        .execute(&self.writer)
+        .await?;
         Ok(())
+    }
+
+    async fn approval_for_message(
+        &self,
+        message: &MessageRef,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT approval_id FROM deliveries WHERE message_key = ?1 ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(message_key(message))
+        .fetch_optional(&self.reader)
+        .await?)
     }
 
     async fn pending_deadlines(&self) -> Result<Vec<(String, DateTime<Utc>)>, StoreError> {

@@ -92,6 +92,12 @@ approvers = ["999"]
 [channels.chat-b]
 "#;
 
+/// `BASE` without its in-process test channels, for the real binary (which builds only
+/// platform channels and refuses a channel of unknown kind).
+pub fn base_for_binary() -> &'static str {
+    BASE.split("[channels.chat-a]").next().unwrap_or(BASE)
+}
+
 /// A running in-process server.
 pub struct TestServer {
     pub engine: ToolApprovalForwarder,

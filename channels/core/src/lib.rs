@@ -336,6 +336,18 @@ pub enum InboundReply {
 #[async_trait]
 pub trait InboundSink: Send + Sync {
     async fn decide(&self, action: InboundAction) -> InboundReply;
+
+    /// The pending requests a platform user may decide on (a `/pending` command). A user who
+    /// may not approve through `channel` gets `Err` with the refusal to show them.
+    async fn pending(
+        &self,
+        channel: &str,
+        user: &PlatformUser,
+    ) -> Result<Vec<PromptView>, InboundReply>;
+
+    /// The approval a message this service sent belongs to, so a reply to a prompt (or a press
+    /// on it) needs no id. `None` when the message is not a prompt.
+    async fn approval_for_message(&self, message: &MessageRef) -> Option<String>;
 }
 
 /// A chat platform approvald can deliver prompts to and receive decisions from.
@@ -360,6 +372,11 @@ pub trait Channel: Send + Sync + 'static {
     async fn update(&self, message: &MessageRef, prompt: &Prompt) -> Result<(), ChannelError>;
     /// Send a plain notice (a timeout notice to operators).
     async fn notify(&self, target: &Target, text: &str) -> Result<MessageRef, ChannelError>;
+    /// HTTP routes this channel receives on (webhooks), mounted on approvald's own server.
+    /// Called once at start with the sink decisions go to.
+    fn routes(&self, _sink: Arc<dyn InboundSink>) -> Option<axum::Router> {
+        None
+    }
     /// Current health, for operators.
     fn health(&self) -> ChannelHealth {
         ChannelHealth {

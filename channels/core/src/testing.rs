@@ -142,6 +142,16 @@ impl TestChannel {
         }
     }
 
+    /// The sink the engine gave this channel at start, for receivers' other questions
+    /// (`/pending`, which approval a replied-to message belongs to).
+    pub fn sink(&self) -> Arc<dyn InboundSink> {
+        let sink = self.sink.lock().map(|s| s.clone()).ok().flatten();
+        match sink {
+            Some(sink) => sink,
+            None => panic!("TestChannel {} was never started by the engine", self.name),
+        }
+    }
+
     /// Press a button (or type a command) as `user`, the way a platform receiver would.
     pub async fn press(
         &self,

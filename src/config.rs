@@ -361,8 +361,24 @@ pub struct ChannelConfig {
     /// Platform role ids (Discord) whose members may approve.
     #[serde(default)]
     pub approver_roles: Vec<String>,
+    /// Where this channel's prompts go, as chat ids or `{ to, thread_id }`: shorthand for
+    /// `delivery.targets` entries naming this channel (used in `targets` and `both` modes).
+    #[serde(default)]
+    pub targets: Vec<ChannelTarget>,
     #[serde(flatten)]
     pub settings: toml::Table,
+}
+
+/// One entry of `channels.NAME.targets`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum ChannelTarget {
+    To(String),
+    Full {
+        to: String,
+        #[serde(default)]
+        thread_id: Option<String>,
+    },
 }
 
 impl Config {
@@ -405,6 +421,21 @@ impl Config {
             let path = e.path().to_string();
             ConfigError::new(path, e.into_inner().to_string())
         })?;
+        let mut config = config;
+        for (name, channel) in &config.channels {
+            for t in &channel.targets {
+                let (to, thread_id) = match t {
+                    ChannelTarget::To(to) => (to.clone(), None),
+                    ChannelTarget::Full { to, thread_id } => (to.clone(), thread_id.clone()),
+                };
+                config.delivery.targets.push(Target {
+                    channel: name.clone(),
+                    to,
+                    thread_id,
+                    account_id: None,
+                });
+            }
+        }
         config.validate()?;
         Ok(config)
     }
@@ -676,5 +707,28 @@ mod tests {
         assert!(f[0].matches("my-ops-agent"));
         assert!(!f[1].matches("prod-x"));
         assert!(f[1].matches("prod-42"));
+    }
+
+    #[test]
+    fn channel_targets_are_shorthand_for_delivery_targets() {
+        let c = Config::from_toml_str_with_env(
+            "[channels.telegram]\ntargets = ['-1001', { to = '-1002', thread_id = '7' }]\n",
+            &env,
+        )
+        .unwrap();
+        let got: Vec<_> = c
+            .delivery
+            .targets
+            .iter()
+            .map(|t| (t.channel.as_str(), t.to.as_str(), t.thread_id.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("telegram", "-1001", None),
+                ("telegram", "-1002", Some("7"))
+            ]
+        );
+        assert!(!c.channels["telegram"].settings.contains_key("targets"));
     }
 }

@@ -129,6 +129,8 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// Largest request body accepted, in bytes.
     pub max_body_bytes: usize,
+    /// Mark control UI cookies `Secure` (set this when approvald is served over HTTPS).
+    pub secure_cookies: bool,
 }
 
 impl Default for ServerConfig {
@@ -136,6 +138,7 @@ impl Default for ServerConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             max_body_bytes: 1024 * 1024,
+            secure_cookies: false,
         }
     }
 }

@@ -201,7 +201,8 @@ impl ToolApprovalForwarder {
             .into_iter()
             .map(|name| {
                 let h = self.inner.channels[name].health();
-                json!({ "name": name, "connected": h.connected, "last_error": h.last_error })
+                let transport = self.inner.channels[name].transport();
+                json!({ "name": name, "transport": transport, "connected": h.connected, "last_error": h.last_error })
             })
             .collect()
     }
@@ -978,8 +979,11 @@ impl ToolApprovalForwarder {
         let detail = json!({ "target": delivery.target, "message": delivery.message, "error": delivery.error });
         match (&channel, &delivery.message) {
             (Some(channel), Some(message)) => {
+                let mut event = detail.clone();
+                event["id"] = json!(id);
                 self.audit(AuditEntry::new(AuditEvent::Delivered, Some(id)).detail(detail))
                     .await;
+                self.inner.events.publish(events::DELIVERED, event);
                 // Settled while this prompt was on its way: show the outcome on it too.
                 if let Ok(Some(status)) = self.inner.store.status(id).await
                     && status != Status::Pending
@@ -998,9 +1002,7 @@ impl ToolApprovalForwarder {
                 .await;
                 let mut event = detail;
                 event["id"] = json!(id);
-                self.inner
-                    .events
-                    .publish("approvald.delivery_failed", event);
+                self.inner.events.publish(events::DELIVERY_FAILED, event);
             }
         }
         delivery
@@ -1168,6 +1170,30 @@ impl ToolApprovalForwarder {
         })
     }
 
+    /// A short confirmation for whoever just decided: "Approved by Alice", or quorum progress.
+    pub fn accepted_text(&self, rec: &ApprovalRecord) -> String {
+        match &rec.resolution {
+            Some(r) => format!(
+                "{} by {}",
+                match r.verdict {
+                    Verdict::Approve => "Approved",
+                    Verdict::Deny => "Denied",
+                    Verdict::Timeout => "Expired",
+                },
+                r.decided_by
+                    .as_ref()
+                    .map(|d| d.display_name.as_str())
+                    .unwrap_or("nobody")
+            ),
+            None => self.progress(rec).unwrap_or_else(|| "Recorded".into()),
+        }
+    }
+
+    /// Quorum progress while more approvals are needed.
+    pub fn progress(&self, rec: &ApprovalRecord) -> Option<String> {
+        progress_text(rec, self.inner.config.approvals.min_approvals as usize)
+    }
+
     /// The pending view of a request, as events carry it.
     pub fn view_json(&self, rec: &ApprovalRecord) -> serde_json::Value {
         let mut v = result_json(rec);
@@ -1226,7 +1252,37 @@ fn distinct_approvals(approvals: &[Approval]) -> Vec<&Approval> {
         .collect()
 }
 
-fn progress_text(rec: &ApprovalRecord, min: usize) -> Option<String> {
+/// Why a decision was refused, in words for the person who tried (chat users, the control UI).
+pub fn plain_refusal(e: &ApprovalError) -> (RefusalKind, String) {
+    let kind = match e {
+        ApprovalError::NotAnApprover(_) | ApprovalError::Unauthorized(_) => {
+            RefusalKind::NotAnApprover
+        }
+        ApprovalError::SelfApproval(_) => RefusalKind::SelfApproval,
+        ApprovalError::AlreadyResolved { .. } => RefusalKind::AlreadyResolved,
+        ApprovalError::Expired { .. } => RefusalKind::Expired,
+        ApprovalError::UnknownId(_) => RefusalKind::UnknownId,
+        ApprovalError::AmbiguousId { .. } => RefusalKind::AmbiguousId,
+        ApprovalError::InvalidParams(_) => RefusalKind::InvalidDecision,
+        _ => RefusalKind::Internal,
+    };
+    let message = match kind {
+        RefusalKind::NotAnApprover => {
+            "You are not authorised to decide on this request.".to_string()
+        }
+        RefusalKind::SelfApproval => {
+            "You asked for this yourself, so someone else must decide.".to_string()
+        }
+        RefusalKind::Internal => {
+            "Something went wrong; try again or use the control UI.".to_string()
+        }
+        _ => e.to_string(),
+    };
+    (kind, message)
+}
+
+/// Quorum progress ("1 of 2 approvals: alice") while more approvals are needed.
+pub fn progress_text(rec: &ApprovalRecord, min: usize) -> Option<String> {
     if min <= 1 {
         return None;
     }
@@ -1334,54 +1390,14 @@ impl InboundSink for ToolApprovalForwarder {
         };
         match self.resolve(attempt).await {
             Ok(rec) => {
-                let message = match (&rec.resolution, rec.status) {
-                    (Some(r), _) => format!(
-                        "{} by {}",
-                        match r.verdict {
-                            Verdict::Approve => "Approved",
-                            Verdict::Deny => "Denied",
-                            Verdict::Timeout => "Expired",
-                        },
-                        r.decided_by
-                            .as_ref()
-                            .map(|d| d.display_name.as_str())
-                            .unwrap_or("nobody")
-                    ),
-                    (None, _) => {
-                        progress_text(&rec, self.inner.config.approvals.min_approvals as usize)
-                            .unwrap_or_else(|| "Recorded".into())
-                    }
-                };
+                let message = self.accepted_text(&rec);
                 InboundReply::Accepted {
                     status: rec.status.as_str().to_string(),
                     message,
                 }
             }
             Err(e) => {
-                let kind = match &e {
-                    ApprovalError::NotAnApprover(_) | ApprovalError::Unauthorized(_) => {
-                        RefusalKind::NotAnApprover
-                    }
-                    ApprovalError::SelfApproval(_) => RefusalKind::SelfApproval,
-                    ApprovalError::AlreadyResolved { .. } => RefusalKind::AlreadyResolved,
-                    ApprovalError::Expired { .. } => RefusalKind::Expired,
-                    ApprovalError::UnknownId(_) => RefusalKind::UnknownId,
-                    ApprovalError::AmbiguousId { .. } => RefusalKind::AmbiguousId,
-                    ApprovalError::InvalidParams(_) => RefusalKind::InvalidDecision,
-                    _ => RefusalKind::Internal,
-                };
-                let message = match kind {
-                    RefusalKind::NotAnApprover => {
-                        "You are not authorised to decide on this request.".to_string()
-                    }
-                    RefusalKind::SelfApproval => {
-                        "You asked for this yourself, so someone else must decide.".to_string()
-                    }
-                    RefusalKind::Internal => {
-                        "Something went wrong; try again or use the control UI.".to_string()
-                    }
-                    _ => e.to_string(),
-                };
+                let (kind, message) = plain_refusal(&e);
                 InboundReply::Refused { kind, message }
             }
         }

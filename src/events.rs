@@ -15,6 +15,10 @@ pub const REQUESTED: &str = "tool.approval.requested";
 pub const UPDATED: &str = "tool.approval.updated";
 pub const RESOLVED: &str = "tool.approval.resolved";
 pub const EXPIRED: &str = "tool.approval.expired";
+/// A prompt reached a target (`id`, `target`, `message`).
+pub const DELIVERED: &str = "approvald.delivered";
+/// A prompt could not be delivered in the end (`id`, `target`, `error`).
+pub const DELIVERY_FAILED: &str = "approvald.delivery_failed";
 
 /// A broadcast channel; slow subscribers lose old events rather than slowing the engine.
 #[derive(Clone)]

@@ -3,7 +3,8 @@
 //! An agent gateway asks through the JSON-RPC API ([`api`]); the [`engine`] records the request
 //! in the [`store`], lets [`rules`] decide where they can, fans prompts rendered from the shared
 //! [`templates`] out to chat channels, collects decisions with identity ([`directory`]),
-//! enforces quorum, self-approval and expiry, and answers the waiting caller.
+//! enforces quorum, self-approval and expiry, and answers the waiting caller. Operators watch
+//! and decide in the control [`ui`].
 
 pub mod api;
 pub mod audit;
@@ -20,5 +21,6 @@ pub mod server;
 pub mod shutdown;
 pub mod store;
 pub mod templates;
+pub mod ui;
 
 pub use engine::ToolApprovalForwarder;

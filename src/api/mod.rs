@@ -18,6 +18,7 @@ use tower_http::timeout::TimeoutLayer;
 use crate::directory::Caller;
 use crate::engine::ToolApprovalForwarder;
 use crate::error::ApprovalError;
+use crate::ui::SessionKey;
 
 pub use rpc::handle_message;
 
@@ -31,18 +32,26 @@ pub struct AppContext {
 /// The whole router.
 pub fn router(ctx: AppContext) -> Router {
     let limit = ctx.max_body_bytes;
+    let data_dir = &ctx.engine.config().storage.data_dir;
+    let ui_key = SessionKey::load_or_create(data_dir).unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "control UI sessions will not survive a restart");
+        SessionKey::random()
+    });
+    let ui = crate::ui::router(ctx.engine.clone(), ui_key.clone());
     Router::new()
         .route("/rpc", post(rpc::http_rpc))
         .route("/rpc/ws", get(ws::upgrade))
         .route("/events", get(sse::events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .layer(axum::Extension(ui_key))
+        .with_state(ctx)
+        .merge(ui)
         .layer(DefaultBodyLimit::max(limit))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             Duration::from_secs(2 * 24 * 3600),
         ))
-        .with_state(ctx)
 }
 
 /// The bearer token from `Authorization`, checked against the configured tokens.

@@ -4,6 +4,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use axum::Extension;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
@@ -12,9 +13,21 @@ use futures::StreamExt;
 use tokio_stream::wrappers::BroadcastStream;
 
 use super::{AppContext, authenticate, rpc::error_response};
+use crate::ui::SessionKey;
 
-pub async fn events(State(ctx): State<AppContext>, headers: HeaderMap) -> Response {
-    if let Err(e) = authenticate(&ctx, &headers) {
+/// Bearer token (CLI, gateways) or a control UI session cookie (the browser's EventSource
+/// cannot send headers).
+pub async fn events(
+    State(ctx): State<AppContext>,
+    ui_key: Option<Extension<SessionKey>>,
+    headers: HeaderMap,
+) -> Response {
+    let ui_session = ui_key
+        .as_ref()
+        .and_then(|Extension(key)| crate::ui::signed_in(&ctx.engine, key, &headers));
+    if ui_session.is_none()
+        && let Err(e) = authenticate(&ctx, &headers)
+    {
         return error_response(&e, serde_json::Value::Null);
     }
     let stream =

@@ -69,18 +69,21 @@ display_name = "Alice"
 ids = ["alice@example.com"]
 discord = ["111"]
 slack = ["U111"]
+ui_token = "alice-ui-token-1"
 
 [[people]]
 name = "bob"
 display_name = "Bob"
 discord = ["222"]
 slack = ["U222"]
+ui_token = "bob-ui-token-1"
 
 [[people]]
 name = "carol"
 display_name = "Carol"
 approver = false
 discord = ["333"]
+ui_token = "carol-ui-token-1"
 
 [[people]]
 name = "dave"

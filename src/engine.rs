@@ -898,6 +898,10 @@ impl ToolApprovalForwarder {
         if matches!(d.mode, DeliveryMode::Targets | DeliveryMode::Both) {
             out.extend(d.targets.iter().cloned());
         }
+        // Recipients a channel adds on its own (DMs to its approvers), in every mode.
+        for channel in self.inner.channels.values() {
+            out.extend(channel.standing_targets());
+        }
         let mut seen = HashSet::new();
         out.retain(|t| seen.insert((t.channel.clone(), t.to.clone(), t.thread_id.clone())));
         out

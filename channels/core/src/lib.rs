@@ -377,6 +377,12 @@ pub trait Channel: Send + Sync + 'static {
     fn routes(&self, _sink: Arc<dyn InboundSink>) -> Option<axum::Router> {
         None
     }
+    /// Recipients this channel adds to every forwarded prompt, whatever the delivery mode
+    /// (Discord's `dm_approvers`: a DM to each approver). They are delivered, recorded and
+    /// edited like any other target.
+    fn standing_targets(&self) -> Vec<Target> {
+        Vec::new()
+    }
     /// Current health, for operators.
     fn health(&self) -> ChannelHealth {
         ChannelHealth {

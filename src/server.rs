@@ -16,7 +16,7 @@ use crate::templates::Templates;
 /// The chat channels this build can run, from `[channels.*]`: each table's `kind` (or, when
 /// absent, its name) picks the platform crate. `enabled = false` leaves a channel out.
 pub fn platform_channels(config: &Config) -> anyhow::Result<Vec<Arc<dyn Channel>>> {
-    let channels: Vec<Arc<dyn Channel>> = Vec::new();
+    let mut channels: Vec<Arc<dyn Channel>> = Vec::new();
     for (name, channel) in &config.channels {
         if channel.settings.get("enabled").and_then(|v| v.as_bool()) == Some(false) {
             continue;
@@ -27,16 +27,31 @@ pub fn platform_channels(config: &Config) -> anyhow::Result<Vec<Arc<dyn Channel>
             None => name.as_str(),
         };
         // Platform crates add their arm here: `"telegram" => channels.push(...)`.
-        anyhow::bail!(
-            "config error at channels.{name}.kind: unknown platform {kind:?} (this build knows: {})",
-            KNOWN_PLATFORMS.join(", ")
-        );
+        match kind {
+            "telegram" => channels.push(Arc::new(
+                approvald_telegram::TelegramChannel::from_config(name, &channel.settings)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )),
+            "slack" => channels.push(Arc::new(
+                approvald_slack::SlackChannel::from_settings(name, &channel.settings)
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            )),
+            "discord" => channels.push(Arc::new(approvald_discord::DiscordChannel::from_config(
+                name,
+                &channel.settings,
+                &channel.approvers,
+            )?)),
+            _ => anyhow::bail!(
+                "config error at channels.{name}.kind: unknown platform {kind:?} (this build knows: {})",
+                KNOWN_PLATFORMS.join(", ")
+            ),
+        }
     }
     Ok(channels)
 }
 
 /// The platform kinds `platform_channels` can build.
-const KNOWN_PLATFORMS: &[&str] = &[];
+const KNOWN_PLATFORMS: &[&str] = &["discord", "slack", "telegram"];
 
 /// Open the store, load templates, build and start the engine.
 pub async fn build_engine(

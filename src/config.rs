@@ -121,6 +121,176 @@ pub struct Config {
     pub people: Vec<PersonConfig>,
     pub rules: Vec<RuleConfig>,
     pub channels: BTreeMap<String, ChannelConfig>,
+    pub budget: BudgetConfig,
+    pub tasks: TasksConfig,
+    pub assistant: AssistantConfig,
+}
+
+/// Spending and execution limits: the rules-based approver of the assistant protocol. Every
+/// approved task carries constraints derived from these.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BudgetConfig {
+    /// Daily budget in USD (sum of actual costs reported today); none means unlimited.
+    pub daily_usd: Option<f64>,
+    /// The time zone "today" is counted in: `UTC` or a fixed offset such as `+02:00`.
+    pub timezone: String,
+    /// Largest estimated cost per task type, in USD (e.g. chat = 1.0, workflow = 10.0).
+    pub task_type_limits: BTreeMap<String, f64>,
+    /// `time_limit` constraint given to approved tasks, in ms.
+    pub default_time_limit_ms: Option<u64>,
+    /// `token_limit` constraint given to approved tasks.
+    pub token_limit: Option<u64>,
+    /// `parallelism` constraint given to approved tasks.
+    pub parallelism: Option<u32>,
+    /// `resource_limit` (a multiplier) given to approved tasks.
+    pub resource_limit: Option<f64>,
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        Self {
+            daily_usd: None,
+            timezone: "UTC".into(),
+            task_type_limits: BTreeMap::new(),
+            default_time_limit_ms: None,
+            token_limit: None,
+            parallelism: None,
+            resource_limit: None,
+        }
+    }
+}
+
+impl BudgetConfig {
+    /// The configured zone as a fixed offset (checked at load).
+    pub fn offset(&self) -> chrono::FixedOffset {
+        parse_offset(&self.timezone).unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("zero offset"))
+    }
+}
+
+fn parse_offset(tz: &str) -> Option<chrono::FixedOffset> {
+    let tz = tz.trim();
+    if tz.eq_ignore_ascii_case("utc") || tz == "Z" {
+        return chrono::FixedOffset::east_opt(0);
+    }
+    let (sign, rest) = match tz.as_bytes().first()? {
+        b'+' => (1, &tz[1..]),
+        b'-' => (-1, &tz[1..]),
+        _ => return None,
+    };
+    let (h, m) = rest.split_once(':').unwrap_or((rest, "0"));
+    let (h, m): (i32, i32) = (h.parse().ok()?, m.parse().ok()?);
+    if !(0..=14).contains(&h) || !(0..60).contains(&m) {
+        return None;
+    }
+    chrono::FixedOffset::east_opt(sign * (h * 3600 + m * 60))
+}
+
+/// How the assistant protocol's task endpoints behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TasksConfig {
+    /// How long `POST /api/approve` waits for a human before answering "pending".
+    pub approve_wait_ms: u64,
+    /// `retry_after_seconds` given with a pending answer.
+    pub retry_after_seconds: u64,
+    /// Logs kept per task (the oldest lines are dropped beyond this).
+    pub max_log_bytes: usize,
+}
+
+impl Default for TasksConfig {
+    fn default() -> Self {
+        Self {
+            approve_wait_ms: 2000,
+            retry_after_seconds: 10,
+            max_log_bytes: 64 * 1024,
+        }
+    }
+}
+
+/// An upstream assistant approval service approvald asks first (approver factor `assistant`),
+/// and the fallback used while it is unreachable.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AssistantConfig {
+    /// Base URL (`APPROVAL_SYSTEM_URL`); none disables the upstream.
+    pub url: Option<String>,
+    /// Bearer key for the upstream (`APPROVAL_API_KEY`).
+    pub api_key: Option<Secret>,
+    /// Timeout of one upstream call, in ms (`APPROVAL_TIMEOUT`, in seconds).
+    pub timeout_ms: u64,
+    /// Attempts per call, the first included (`APPROVAL_MAX_RETRIES` + 1).
+    pub max_attempts: u32,
+    pub backoff_ms: u64,
+    pub backoff_multiplier: f64,
+    /// How often the upstream's `/health` is probed.
+    pub health_check_interval_ms: u64,
+    /// Refuse every task while the upstream is down instead of approving with strict
+    /// constraints (`APPROVAL_FALLBACK_STRICT`).
+    pub fallback_strict: bool,
+    /// Constraints applied while in fallback mode.
+    pub fallback_cost_limit: f64,
+    pub fallback_time_limit_ms: u64,
+    pub fallback_resource_limit: f64,
+}
+
+impl Default for AssistantConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            api_key: None,
+            timeout_ms: 10_000,
+            max_attempts: 3,
+            backoff_ms: 200,
+            backoff_multiplier: 2.0,
+            health_check_interval_ms: 30_000,
+            fallback_strict: false,
+            fallback_cost_limit: 5.0,
+            fallback_time_limit_ms: 300_000,
+            fallback_resource_limit: 0.5,
+        }
+    }
+}
+
+impl AssistantConfig {
+    /// The seed protocol's environment variables, for settings the file leaves out.
+    fn apply_env(&mut self, env: &dyn Fn(&str) -> Option<String>) -> Result<(), ConfigError> {
+        let get = |k: &str| env(k).filter(|v| !v.trim().is_empty());
+        let flag = |k: &str, v: String| match v.trim().to_ascii_lowercase().as_str() {
+            "1" | "true" | "yes" | "on" => Ok(true),
+            "0" | "false" | "no" | "off" => Ok(false),
+            _ => Err(ConfigError::new(k, format!("{v:?} is not true or false"))),
+        };
+        if self.url.is_none() {
+            self.url = get("APPROVAL_SYSTEM_URL");
+        }
+        if self.api_key.is_none() {
+            self.api_key = get("APPROVAL_API_KEY").map(Secret::new);
+        }
+        if let Some(v) = get("APPROVAL_TIMEOUT") {
+            let secs: f64 = v.trim().parse().map_err(|_| {
+                ConfigError::new("APPROVAL_TIMEOUT", format!("{v:?} is not a number of seconds"))
+            })?;
+            self.timeout_ms = (secs * 1000.0) as u64;
+        }
+        if let Some(v) = get("APPROVAL_FALLBACK_STRICT") {
+            self.fallback_strict = flag("APPROVAL_FALLBACK_STRICT", v)?;
+        }
+        if let Some(v) = get("APPROVAL_ENABLE_RETRIES")
+            && !flag("APPROVAL_ENABLE_RETRIES", v)?
+        {
+            self.max_attempts = 1;
+        }
+        if let Some(v) = get("APPROVAL_MAX_RETRIES") {
+            let n: u32 = v.trim().parse().map_err(|_| {
+                ConfigError::new("APPROVAL_MAX_RETRIES", format!("{v:?} is not a whole number"))
+            })?;
+            if self.max_attempts > 1 {
+                self.max_attempts = n + 1;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -166,6 +336,8 @@ pub enum ApproverFactor {
     UserRequest,
     /// Config rules and standing approve-always rules.
     RulesBased,
+    /// The upstream assistant approval service (`[assistant]`).
+    Assistant,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -439,11 +611,45 @@ impl Config {
                 });
             }
         }
+        config.assistant.apply_env(env)?;
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if parse_offset(&self.budget.timezone).is_none() {
+            return Err(ConfigError::new(
+                "budget.timezone",
+                format!("{:?} is not UTC or an offset like +02:00", self.budget.timezone),
+            ));
+        }
+        let money = |key: &str, v: f64| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(ConfigError::new(key, "must be a non-negative amount"))
+            }
+        };
+        if let Some(d) = self.budget.daily_usd {
+            money("budget.daily_usd", d)?;
+        }
+        for (k, v) in &self.budget.task_type_limits {
+            money(&format!("budget.task_type_limits.{k}"), *v)?;
+        }
+        if let Some(url) = &self.assistant.url
+            && !(url.starts_with("http://") || url.starts_with("https://"))
+        {
+            return Err(ConfigError::new("assistant.url", "must start with http:// or https://"));
+        }
+        if self.assistant.max_attempts == 0 {
+            return Err(ConfigError::new("assistant.max_attempts", "must be at least 1"));
+        }
+        if self.approvals.factor_enabled(ApproverFactor::Assistant) && self.assistant.url.is_none() {
+            return Err(ConfigError::new(
+                "approvals.allowed_approvers",
+                "\"assistant\" needs [assistant] url (or APPROVAL_SYSTEM_URL)",
+            ));
+        }
         let a = &self.approvals;
         if a.min_approvals == 0 {
             return Err(ConfigError::new(

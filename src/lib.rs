@@ -20,6 +20,7 @@ pub mod rules;
 pub mod server;
 pub mod shutdown;
 pub mod store;
+pub mod tasks;
 pub mod templates;
 pub mod ui;
 

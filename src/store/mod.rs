@@ -13,6 +13,7 @@ use chrono::{DateTime, Utc};
 use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
 use crate::rules::StandingRule;
+use crate::tasks::{TaskRecord, TaskStatus};
 
 /// How a delivered message is looked up again: thread ids are left out because a reply in a
 /// thread names the chat and the message, not always the thread.
@@ -117,4 +118,38 @@ pub trait Store: Send + Sync + 'static {
     async fn standing_rules(&self, include_revoked: bool) -> Result<Vec<StandingRule>, StoreError>;
     /// Revoke by id (or unique prefix); the revoked rule, or None if unknown/already revoked.
     async fn revoke_standing_rule(&self, id: &str) -> Result<Option<StandingRule>, StoreError>;
+
+    // ----- tasks ----------------------------------------------------------------------
+    /// Insert a task; false (nothing written) when its task id or approval already has one.
+    async fn task_insert(&self, task: &TaskRecord) -> Result<bool, StoreError>;
+    /// Replace a task only while its execution status is still `expected` (compare-and-set:
+    /// of two racing transitions exactly one wins).
+    async fn task_update(
+        &self,
+        task: &TaskRecord,
+        expected: Option<TaskStatus>,
+    ) -> Result<bool, StoreError>;
+    async fn task_by_id(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
+    async fn task_by_approval(&self, approval_id: &str)
+    -> Result<Option<TaskRecord>, StoreError>;
+    /// Every approval counted as a task, by task status.
+    async fn task_status_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError>;
+    /// Total actual cost (USD) and execution time (ms) reported.
+    async fn task_totals(&self) -> Result<(f64, u64), StoreError>;
+    /// Actual cost of tasks that ended at or after `since`.
+    async fn spent_since(&self, since: DateTime<Utc>) -> Result<f64, StoreError>;
+    /// Approval ids of tasks, newest first, optionally of one status, and how many there are.
+    async fn task_page(
+        &self,
+        status: Option<TaskStatus>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Vec<String>, u64), StoreError>;
+
+    // ----- upstream outbox ------------------------------------------------------------
+    async fn outbox_push(&self, body: &serde_json::Value) -> Result<(), StoreError>;
+    /// The oldest waiting bodies, with their sequence numbers.
+    async fn outbox_peek(&self, limit: u32) -> Result<Vec<(i64, serde_json::Value)>, StoreError>;
+    async fn outbox_remove(&self, seq: i64) -> Result<(), StoreError>;
+    async fn outbox_len(&self) -> Result<u64, StoreError>;
 }

@@ -18,7 +18,17 @@ use super::{AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreErr
 use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
 use crate::rules::StandingRule;
+use crate::tasks::{TaskRecord, TaskStatus};
 use approvald_channel::MessageRef;
+
+/// A task's status in SQL: its execution status once it has one, else what its approval says
+/// (a macro so queries stay static strings).
+macro_rules! task_status {
+    () => {
+        "COALESCE(t.execution, CASE a.status WHEN 'pending' THEN 'pending_approval' \
+         WHEN 'approved' THEN 'approved' WHEN 'denied' THEN 'rejected' ELSE 'expired' END)"
+    };
+}
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
@@ -419,4 +429,167 @@ impl Store for SqliteStore {
         rule.revoked_at = Some(now);
         Ok(Some(rule))
     }
+
+    async fn task_insert(&self, task: &TaskRecord) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "INSERT INTO tasks (task_id, approval_id, execution, actual_cost, duration_ms, ended_at, created_at, task_json) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+        )
+        .bind(&task.task_id)
+        .bind(&task.approval_id)
+        .bind(task.execution.map(TaskStatus::as_str))
+        .bind(task.actual_cost)
+        .bind(task.duration_ms.map(|d| d as i64))
+        .bind(task.ended_at.map(ms))
+        .bind(ms(task.created_at))
+        .bind(serde_json::to_string(task)?)
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn task_update(
+        &self,
+        task: &TaskRecord,
+        expected: Option<TaskStatus>,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE tasks SET execution = ?2, actual_cost = ?3, duration_ms = ?4, ended_at = ?5, task_json = ?6 \
+             WHERE task_id = ?1 AND execution IS ?7",
+        )
+        .bind(&task.task_id)
+        .bind(task.execution.map(TaskStatus::as_str))
+        .bind(task.actual_cost)
+        .bind(task.duration_ms.map(|d| d as i64))
+        .bind(task.ended_at.map(ms))
+        .bind(serde_json::to_string(task)?)
+        .bind(expected.map(TaskStatus::as_str))
+        .execute(&self.writer)
+        .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    async fn task_by_id(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self
+            .json_rows("SELECT task_json FROM tasks WHERE task_id = ?1", task_id)
+            .await?
+            .pop())
+    }
+
+    async fn task_by_approval(
+        &self,
+        approval_id: &str,
+    ) -> Result<Option<TaskRecord>, StoreError> {
+        Ok(self
+            .json_rows(
+                "SELECT task_json FROM tasks WHERE approval_id = ?1",
+                approval_id,
+            )
+            .await?
+            .pop())
+    }
+
+    async fn task_status_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            task_status!(),
+            " AS s, COUNT(*) AS n FROM approvals a LEFT JOIN tasks t ON t.approval_id = a.id GROUP BY s"
+        ))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                let s: String = r.try_get("s")?;
+                let n: i64 = r.try_get("n")?;
+                Ok((TaskStatus::from_str(&s).map_err(StoreError)?, n as u64))
+            })
+            .collect()
+    }
+
+    async fn task_totals(&self) -> Result<(f64, u64), StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(actual_cost), 0.0) AS cost, COALESCE(SUM(duration_ms), 0) AS ms FROM tasks",
+        )
+        .fetch_one(&self.reader)
+        .await?;
+        let cost: f64 = row.try_get("cost")?;
+        let total_ms: i64 = row.try_get("ms")?;
+        Ok((cost, total_ms.max(0) as u64))
+    }
+
+    async fn spent_since(&self, since: DateTime<Utc>) -> Result<f64, StoreError> {
+        let spent: f64 = sqlx::query_scalar(
+            "SELECT COALESCE(SUM(actual_cost), 0.0) FROM tasks WHERE ended_at >= ?1",
+        )
+        .bind(ms(since))
+        .fetch_one(&self.reader)
+        .await?;
+        Ok(spent)
+    }
+
+    async fn task_page(
+        &self,
+        status: Option<TaskStatus>,
+        limit: u32,
+        offset: u32,
+    ) -> Result<(Vec<String>, u64), StoreError> {
+        let total: i64 = sqlx::query_scalar(concat!(
+            "SELECT COUNT(*) FROM approvals a LEFT JOIN tasks t ON t.approval_id = a.id WHERE (?1 IS NULL OR ",
+            task_status!(),
+            " = ?1)"
+        ))
+        .bind(status.map(TaskStatus::as_str))
+        .fetch_one(&self.reader)
+        .await?;
+        let ids: Vec<String> = sqlx::query_scalar(concat!(
+            "SELECT a.id FROM approvals a LEFT JOIN tasks t ON t.approval_id = a.id WHERE (?1 IS NULL OR ",
+            task_status!(),
+            " = ?1) ORDER BY a.created_at DESC, a.id DESC LIMIT ?2 OFFSET ?3"
+        ))
+        .bind(status.map(TaskStatus::as_str))
+        .bind(i64::from(limit))
+        .bind(i64::from(offset))
+        .fetch_all(&self.reader)
+        .await?;
+        Ok((ids, total.max(0) as u64))
+    }
+
+    async fn outbox_push(&self, body: &serde_json::Value) -> Result<(), StoreError> {
+        sqlx::query("INSERT INTO upstream_outbox (body_json, created_at) VALUES (?1, ?2)")
+            .bind(body.to_string())
+            .bind(ms(Utc::now()))
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_peek(&self, limit: u32) -> Result<Vec<(i64, serde_json::Value)>, StoreError> {
+        let rows = sqlx::query("SELECT seq, body_json FROM upstream_outbox ORDER BY seq LIMIT ?1")
+            .bind(i64::from(limit))
+            .fetch_all(&self.reader)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let seq: i64 = r.try_get("seq")?;
+                let body: String = r.try_get("body_json")?;
+                Ok((seq, serde_json::from_str(&body)?))
+            })
+            .collect()
+    }
+
+    async fn outbox_remove(&self, seq: i64) -> Result<(), StoreError> {
+        sqlx::query("DELETE FROM upstream_outbox WHERE seq = ?1")
+            .bind(seq)
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn outbox_len(&self) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM upstream_outbox")
+            .fetch_one(&self.reader)
+            .await?;
+        Ok(n.max(0) as u64)
+    }
 }
+

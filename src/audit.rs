@@ -20,6 +20,12 @@ pub enum AuditEvent {
     TimeoutNotice,
     RuleAdded,
     RuleRevoked,
+    /// A task moved (started, reported, aborted): `task_id`, `from`, `to`.
+    Task,
+    /// An execution report went over a task's constraints.
+    ConstraintViolation,
+    /// The upstream assistant became unreachable (`entered`) or came back.
+    Fallback,
 }
 
 impl AuditEvent {
@@ -35,6 +41,9 @@ impl AuditEvent {
             AuditEvent::TimeoutNotice => "timeout_notice",
             AuditEvent::RuleAdded => "rule_added",
             AuditEvent::RuleRevoked => "rule_revoked",
+            AuditEvent::Task => "task",
+            AuditEvent::ConstraintViolation => "constraint_violation",
+            AuditEvent::Fallback => "fallback",
         }
     }
 }

@@ -31,6 +31,13 @@ use crate::metrics::Metrics;
 use crate::rules::{self, RuleVerdict, StandingRule};
 use crate::store::{DecisionWrite, InsertOutcome, ListQuery, Store};
 use crate::templates::{PromptContext, TemplateKind, Templates};
+use crate::upstream::Upstream;
+
+mod execution;
+
+pub use execution::{
+    ApproveAnswer, EnqueueTask, ExecutionReport, TaskSnapshot, execution_text,
+};
 
 /// What a caller sends to ask for approval (the params of `tool.approval.request`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -51,6 +58,14 @@ pub struct NewRequest {
     pub allowed_decisions: Option<Vec<Decision>>,
     /// Handled by the API layer; accepted here so one struct parses the params.
     pub wait: Option<bool>,
+}
+
+/// A decision made by a policy before anyone is asked (see [`ToolApprovalForwarder::request_with`]).
+#[derive(Debug, Clone)]
+pub struct PresetVerdict {
+    pub identity: ApproverIdentity,
+    pub decision: Decision,
+    pub reason: Option<String>,
 }
 
 /// Who is deciding, before the engine has looked them up.
@@ -105,6 +120,10 @@ struct Inner {
     locks: DashMap<String, Arc<Mutex<()>>>,
     /// Active standing rules, mirrored from the store.
     standing: RwLock<Vec<StandingRule>>,
+    /// The upstream assistant, when configured.
+    upstream: Option<Arc<Upstream>>,
+    /// One outbox flush at a time, so reports go upstream in order and once.
+    outbox_flush: Mutex<()>,
 }
 
 /// See the module docs. Cheap to clone.
@@ -142,6 +161,7 @@ impl ToolApprovalForwarder {
                 }
             }
         }
+        let upstream = Upstream::from_config(&config.assistant)?.map(Arc::new);
         Ok(Self {
             inner: Arc::new(Inner {
                 directory: Directory::new(config.clone()),
@@ -155,6 +175,8 @@ impl ToolApprovalForwarder {
                 timers: DashMap::new(),
                 locks: DashMap::new(),
                 standing: RwLock::new(Vec::new()),
+                upstream,
+                outbox_flush: Mutex::new(()),
             }),
         })
     }
@@ -231,6 +253,7 @@ impl ToolApprovalForwarder {
                 .await
                 .map_err(|e| anyhow::anyhow!("channel {name} failed to start: {e}"))?;
         }
+        self.spawn_upstream_health();
         Ok(())
     }
 
@@ -242,6 +265,18 @@ impl ToolApprovalForwarder {
         &self,
         new: NewRequest,
         caller: &Caller,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        self.request_with(new, caller, None).await
+    }
+
+    /// [`Self::request`], with a verdict already reached by a policy outside the engine (the
+    /// budget, the upstream assistant, fallback mode), applied in place of the rules so it is
+    /// recorded, audited and announced like any other decision.
+    pub async fn request_with(
+        &self,
+        new: NewRequest,
+        caller: &Caller,
+        preset: Option<PresetVerdict>,
     ) -> Result<ApprovalRecord, ApprovalError> {
         let req = self.build_request(new, caller)?;
         match self.inner.store.insert_request(&req).await? {
@@ -275,13 +310,23 @@ impl ToolApprovalForwarder {
         )
         .await;
 
-        // Rules first: a deny or an allow that meets quorum settles it before anyone is asked.
-        if self
+        if let Some(preset) = preset {
+            let actor = ResolvedActor {
+                identity: preset.identity,
+                authorised: true,
+                why_not: None,
+                token_name: None,
+            };
+            rec = self
+                .apply_decision(rec, actor, preset.decision, preset.reason)
+                .await?;
+        } else if self
             .inner
             .config
             .approvals
             .factor_enabled(ApproverFactor::RulesBased)
         {
+            // Rules first: a deny or an allow that meets quorum settles it before anyone is asked.
             let verdict = {
                 let standing = self
                     .inner
@@ -1014,6 +1059,11 @@ impl ToolApprovalForwarder {
 
     /// Edit every delivered prompt of this request, on every surface, concurrently.
     fn edit_all(&self, rec: &ApprovalRecord, kind: TemplateKind) {
+        self.edit_all_with(rec, kind, None)
+    }
+
+    /// [`Self::edit_all`], with a line on the task's execution.
+    fn edit_all_with(&self, rec: &ApprovalRecord, kind: TemplateKind, execution: Option<String>) {
         for delivery in &rec.deliveries {
             let Some(message) = delivery.message.clone() else {
                 continue;
@@ -1021,7 +1071,7 @@ impl ToolApprovalForwarder {
             let Some(channel) = self.inner.channels.get(&message.channel).cloned() else {
                 continue;
             };
-            let prompt = match self.prompt(rec, channel.markup(), kind) {
+            let prompt = match self.prompt_with(rec, channel.markup(), kind, execution.clone()) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot render edit");
@@ -1126,6 +1176,7 @@ impl ToolApprovalForwarder {
                     .flatten(),
                 decided_by,
                 reason: resolution.and_then(|r| r.reason.clone()),
+                execution: None,
             },
             expires_at_text: req.expires_at.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             expires_in,
@@ -1152,7 +1203,19 @@ impl ToolApprovalForwarder {
         markup: Markup,
         kind: TemplateKind,
     ) -> Result<Prompt, crate::templates::TemplateError> {
-        let ctx = self.context(rec);
+        self.prompt_with(rec, markup, kind, None)
+    }
+
+    /// [`Self::prompt`] with the task's execution line ("completed in 4.0 s, cost $0.0087").
+    pub fn prompt_with(
+        &self,
+        rec: &ApprovalRecord,
+        markup: Markup,
+        kind: TemplateKind,
+        execution: Option<String>,
+    ) -> Result<Prompt, crate::templates::TemplateError> {
+        let mut ctx = self.context(rec);
+        ctx.view.execution = execution;
         let text = self.inner.templates.render(markup, kind, &ctx)?;
         let actions = if rec.status == Status::Pending {
             rec.request

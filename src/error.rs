@@ -45,6 +45,9 @@ pub enum ApprovalError {
     SelfApproval(String),
     #[error("{0}")]
     DuplicateId(String),
+    /// A task was asked to move where its lifecycle does not allow.
+    #[error("{0}")]
+    InvalidTransition(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -66,6 +69,7 @@ impl ApprovalError {
             ApprovalError::NotAnApprover(_) => "not_an_approver",
             ApprovalError::SelfApproval(_) => "self_approval",
             ApprovalError::DuplicateId(_) => "duplicate_id",
+            ApprovalError::InvalidTransition(_) => "invalid_transition",
             ApprovalError::Internal(_) => "internal",
         }
     }
@@ -83,6 +87,7 @@ impl ApprovalError {
             ApprovalError::Expired { .. } | ApprovalError::AlreadyResolved { .. } => -32003,
             ApprovalError::NotAnApprover(_) | ApprovalError::SelfApproval(_) => -32004,
             ApprovalError::DuplicateId(_) => -32005,
+            ApprovalError::InvalidTransition(_) => -32006,
         }
     }
 
@@ -95,6 +100,29 @@ impl ApprovalError {
             ApprovalError::Parse(_) | ApprovalError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
             ApprovalError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::OK,
+        }
+    }
+
+    /// HTTP status for the REST endpoints (assistant protocol, queue), where each error is the
+    /// whole answer.
+    pub fn rest_status(&self) -> axum::http::StatusCode {
+        use axum::http::StatusCode;
+        match self {
+            ApprovalError::Parse(_)
+            | ApprovalError::InvalidRequest(_)
+            | ApprovalError::InvalidParams(_)
+            | ApprovalError::AmbiguousId { .. } => StatusCode::BAD_REQUEST,
+            ApprovalError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApprovalError::NotAnApprover(_) | ApprovalError::SelfApproval(_) => {
+                StatusCode::FORBIDDEN
+            }
+            ApprovalError::UnknownId(_) | ApprovalError::MethodNotFound(_) => StatusCode::NOT_FOUND,
+            ApprovalError::Expired { .. }
+            | ApprovalError::AlreadyResolved { .. }
+            | ApprovalError::DuplicateId(_)
+            | ApprovalError::InvalidTransition(_) => StatusCode::CONFLICT,
+            ApprovalError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApprovalError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

@@ -20,6 +20,13 @@ pub const DELIVERED: &str = "approvald.delivered";
 /// A prompt could not be delivered in the end (`id`, `target`, `error`).
 pub const DELIVERY_FAILED: &str = "approvald.delivery_failed";
 
+/// A task moved: its whole view.
+pub const TASK_UPDATED: &str = "tool.task.updated";
+/// An executor must stop a task (`task_id`, `approval_id`, `reason`, `by`).
+pub const EXECUTION_ABORT: &str = "tool.execution.abort";
+/// The upstream assistant became unreachable or came back (`in_fallback`, `error`).
+pub const FALLBACK: &str = "approvald.fallback";
+
 /// A broadcast channel; slow subscribers lose old events rather than slowing the engine.
 #[derive(Clone)]
 pub struct EventBus {

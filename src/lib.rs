@@ -23,5 +23,6 @@ pub mod store;
 pub mod tasks;
 pub mod templates;
 pub mod ui;
+pub mod upstream;
 
 pub use engine::ToolApprovalForwarder;

@@ -18,6 +18,9 @@ pub struct Metrics {
     pub deliveries: Family<Labels, Counter>,
     pub pending: Gauge,
     pub time_to_decision: Histogram,
+    /// 1 while the upstream assistant is unreachable.
+    pub fallback: Gauge,
+    pub task_transitions: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -57,7 +60,21 @@ impl Default for Metrics {
             "Time from request to verdict",
             time_to_decision.clone(),
         );
+        let fallback = Gauge::default();
+        let task_transitions = Family::<Labels, Counter>::default();
+        registry.register(
+            "fallback_mode",
+            "1 while the upstream assistant is unreachable (fallback mode)",
+            fallback.clone(),
+        );
+        registry.register(
+            "task_transitions",
+            "Task status changes, by new status",
+            task_transitions.clone(),
+        );
         Self {
+            fallback,
+            task_transitions,
             registry,
             requests,
             decisions,

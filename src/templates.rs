@@ -119,6 +119,7 @@ impl PromptContext {
                 progress: Some("1 of 2 approvals: bob".into()),
                 decided_by: Some("Bob via telegram".into()),
                 reason: Some("looks fine".into()),
+                execution: Some("completed in 4.0 s, cost $0.0087".into()),
             },
             expires_at_text: expires.format("%Y-%m-%d %H:%M:%S UTC").to_string(),
             expires_in: "in 5m 0s".into(),

@@ -1,6 +1,7 @@
 //! The HTTP surface: JSON-RPC at `POST /rpc` and over WebSocket at `GET /rpc/ws`, the event
 //! stream at `GET /events`, `GET /healthz` and `GET /metrics`. One shared [`AppContext`].
 
+mod assistant;
 mod rpc;
 mod sse;
 mod ws;
@@ -44,6 +45,7 @@ pub fn router(ctx: AppContext) -> Router {
         .route("/events", get(sse::events))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .merge(assistant::routes())
         .layer(axum::Extension(ui_key))
         .with_state(ctx)
         .merge(ui)

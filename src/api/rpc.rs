@@ -186,6 +186,29 @@ struct AuditParams {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct TaskIdParams {
+    task_id: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskListParams {
+    status: Option<String>,
+    page: Option<u32>,
+    per_page: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AbortParams {
+    task_id: String,
+    reason: Option<String>,
+    /// `cli` or `api` (default): the surface recorded with the abort.
+    transport: Option<Transport>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RevokeParams {
     id: String,
 }
@@ -349,6 +372,60 @@ async fn dispatch(
             let rule = engine.revoke_rule(&p.id, &by).await?;
             Ok(json!({ "revoked": rule }))
         }
+        "tool.task.enqueue" => {
+            let task: crate::engine::EnqueueTask = parse(params)?;
+            Ok(json!(engine.enqueue_task(task, caller).await?))
+        }
+        "tool.task.get" => {
+            let p: TaskIdParams = parse(params)?;
+            Ok(engine.task_json(&engine.task(&p.task_id).await?))
+        }
+        "tool.task.list" => {
+            let p: TaskListParams = parse(params)?;
+            let status = p
+                .status
+                .as_deref()
+                .map(str::parse::<crate::tasks::TaskStatus>)
+                .transpose()
+                .map_err(ApprovalError::InvalidParams)?;
+            engine
+                .task_page(status, p.page.unwrap_or(1), p.per_page.unwrap_or(50))
+                .await
+        }
+        "tool.task.abort" => {
+            let p: AbortParams = parse(params)?;
+            let actor = Actor::Caller {
+                caller: caller.clone(),
+                transport: p.transport.unwrap_or(Transport::Api),
+            };
+            if !matches!(p.transport, None | Some(Transport::Api | Transport::Cli)) {
+                return Err(ApprovalError::InvalidParams(
+                    "transport must be api or cli".into(),
+                ));
+            }
+            let snap = engine.abort_task(&p.task_id, p.reason, &actor).await?;
+            Ok(engine.task_json(&snap))
+        }
+        "tool.execution.start" => {
+            let p: TaskIdParams = parse(params)?;
+            let snap = engine.start_execution(&p.task_id, caller).await?;
+            Ok(json!({
+                "task": engine.task_json(&snap),
+                "constraints": snap.task.constraints,
+                "should_abort": snap.task.abort.is_some(),
+            }))
+        }
+        "tool.execution.report" => {
+            let report: crate::engine::ExecutionReport = parse(params)?;
+            let (snap, message) = engine.report_execution(report, caller).await?;
+            Ok(json!({
+                "success": true,
+                "message": message,
+                "should_abort": snap.task.abort.is_some(),
+                "task": engine.task_json(&snap),
+            }))
+        }
+        "tool.queue.status" => engine.queue_status().await,
         "approvald.status" => {
             let counts = engine.store().count_by_status().await?;
             let mut by_status = serde_json::Map::new();

@@ -230,6 +230,10 @@ pub struct PromptView {
     /// Who decided, once resolved.
     pub decided_by: Option<String>,
     pub reason: Option<String>,
+    /// Where the approved task's execution stands ("running", "completed in 4.0 s, cost
+    /// $0.0087", "aborted by alice"), once an executor or operator has moved it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution: Option<String>,
 }
 
 /// One button on a prompt.

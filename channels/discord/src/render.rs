@@ -236,6 +236,7 @@ mod tests {
                 progress: None,
                 decided_by: (status != "pending").then(|| "Alice via discord".into()),
                 reason: None,
+                execution: None,
             },
             actions: if actions {
                 Decision::ALL

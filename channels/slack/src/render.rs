@@ -85,6 +85,13 @@ fn blocks(view: &PromptView, actions: &[PromptAction]) -> Vec<SlackBlock> {
                 .into(),
         );
     }
+    if let Some(execution) = &view.execution {
+        out.push(
+            SlackSectionBlock::new()
+                .with_text(plain(&cut(&format!("Task: {execution}"), SECTION_MAX)))
+                .into(),
+        );
+    }
     if let Some(progress) = &view.progress {
         out.push(
             SlackContextBlock::new(vec![SlackContextBlockElement::Plain(
@@ -241,6 +248,7 @@ mod tests {
             progress: None,
             decided_by: Some("Alice via slack".into()),
             reason: Some("ok".into()),
+            execution: None,
         }
     }
 

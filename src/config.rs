@@ -164,7 +164,8 @@ impl Default for BudgetConfig {
 impl BudgetConfig {
     /// The configured zone as a fixed offset (checked at load).
     pub fn offset(&self) -> chrono::FixedOffset {
-        parse_offset(&self.timezone).unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("zero offset"))
+        parse_offset(&self.timezone)
+            .unwrap_or_else(|| chrono::FixedOffset::east_opt(0).expect("zero offset"))
     }
 }
 
@@ -269,7 +270,10 @@ impl AssistantConfig {
         }
         if let Some(v) = get("APPROVAL_TIMEOUT") {
             let secs: f64 = v.trim().parse().map_err(|_| {
-                ConfigError::new("APPROVAL_TIMEOUT", format!("{v:?} is not a number of seconds"))
+                ConfigError::new(
+                    "APPROVAL_TIMEOUT",
+                    format!("{v:?} is not a number of seconds"),
+                )
             })?;
             self.timeout_ms = (secs * 1000.0) as u64;
         }
@@ -283,7 +287,10 @@ impl AssistantConfig {
         }
         if let Some(v) = get("APPROVAL_MAX_RETRIES") {
             let n: u32 = v.trim().parse().map_err(|_| {
-                ConfigError::new("APPROVAL_MAX_RETRIES", format!("{v:?} is not a whole number"))
+                ConfigError::new(
+                    "APPROVAL_MAX_RETRIES",
+                    format!("{v:?} is not a whole number"),
+                )
             })?;
             if self.max_attempts > 1 {
                 self.max_attempts = n + 1;
@@ -620,7 +627,10 @@ impl Config {
         if parse_offset(&self.budget.timezone).is_none() {
             return Err(ConfigError::new(
                 "budget.timezone",
-                format!("{:?} is not UTC or an offset like +02:00", self.budget.timezone),
+                format!(
+                    "{:?} is not UTC or an offset like +02:00",
+                    self.budget.timezone
+                ),
             ));
         }
         let money = |key: &str, v: f64| {
@@ -639,12 +649,19 @@ impl Config {
         if let Some(url) = &self.assistant.url
             && !(url.starts_with("http://") || url.starts_with("https://"))
         {
-            return Err(ConfigError::new("assistant.url", "must start with http:// or https://"));
+            return Err(ConfigError::new(
+                "assistant.url",
+                "must start with http:// or https://",
+            ));
         }
         if self.assistant.max_attempts == 0 {
-            return Err(ConfigError::new("assistant.max_attempts", "must be at least 1"));
+            return Err(ConfigError::new(
+                "assistant.max_attempts",
+                "must be at least 1",
+            ));
         }
-        if self.approvals.factor_enabled(ApproverFactor::Assistant) && self.assistant.url.is_none() {
+        if self.approvals.factor_enabled(ApproverFactor::Assistant) && self.assistant.url.is_none()
+        {
             return Err(ConfigError::new(
                 "approvals.allowed_approvers",
                 "\"assistant\" needs [assistant] url (or APPROVAL_SYSTEM_URL)",

@@ -35,9 +35,7 @@ use crate::upstream::Upstream;
 
 mod execution;
 
-pub use execution::{
-    ApproveAnswer, EnqueueTask, ExecutionReport, TaskSnapshot, execution_text,
-};
+pub use execution::{ApproveAnswer, EnqueueTask, ExecutionReport, TaskSnapshot, execution_text};
 
 /// What a caller sends to ask for approval (the params of `tool.approval.request`).
 #[derive(Debug, Clone, Default, Deserialize)]

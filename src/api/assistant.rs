@@ -43,7 +43,10 @@ fn caller(ctx: &AppContext, headers: &HeaderMap) -> Result<Caller, ApprovalError
     let bearer = headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")));
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        });
     let token = bearer
         .or_else(|| headers.get("x-auth-token").and_then(|v| v.to_str().ok()))
         .map(str::trim)
@@ -248,7 +251,13 @@ struct DecideBody {
     scope: Option<String>,
 }
 
-async fn decide(ctx: &AppContext, headers: &HeaderMap, id: &str, bytes: &[u8], approve: bool) -> Response {
+async fn decide(
+    ctx: &AppContext,
+    headers: &HeaderMap,
+    id: &str,
+    bytes: &[u8],
+    approve: bool,
+) -> Response {
     let result = async {
         let caller = caller(ctx, headers)?;
         caller.require(TokenScope::Resolve)?;

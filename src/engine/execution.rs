@@ -14,9 +14,7 @@ use super::{Actor, NewRequest, PresetVerdict, ToolApprovalForwarder};
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::config::{ApproverFactor, TokenScope};
 use crate::directory::Caller;
-use crate::domain::{
-    ApprovalRecord, ApproverIdentity, Decision, Requester, Status, Transport,
-};
+use crate::domain::{ApprovalRecord, ApproverIdentity, Decision, Requester, Status, Transport};
 use crate::error::ApprovalError;
 use crate::events;
 use crate::tasks::{
@@ -172,7 +170,7 @@ impl ToolApprovalForwarder {
             "error_message": t.error_message,
             "abort": t.abort,
             "violations": t.violations,
-            "history": t.history,
+            "history": full_history(snap),
             "fallback": t.fallback,
             "created_at": t.created_at,
             "updated_at": t.updated_at,
@@ -271,22 +269,38 @@ impl ToolApprovalForwarder {
         let mut time = b
             .default_time_limit_ms
             .map(|t| (t as f64, "default time limit".to_string()));
-        if fallback && time.as_ref().is_none_or(|(t, _)| *t > a.fallback_time_limit_ms as f64) {
+        if fallback
+            && time
+                .as_ref()
+                .is_none_or(|(t, _)| *t > a.fallback_time_limit_ms as f64)
+        {
             time = Some((a.fallback_time_limit_ms as f64, "fallback mode".into()));
         }
         if let Some((v, why)) = time {
             out.push(Constraint::new("time_limit", v, why));
         }
         if let Some(t) = b.token_limit {
-            out.push(Constraint::new("token_limit", t as f64, "configured token limit"));
+            out.push(Constraint::new(
+                "token_limit",
+                t as f64,
+                "configured token limit",
+            ));
         }
         if let Some(p) = b.parallelism {
-            out.push(Constraint::new("parallelism", p as f64, "configured parallelism"));
+            out.push(Constraint::new(
+                "parallelism",
+                p as f64,
+                "configured parallelism",
+            ));
         }
         let mut resource = b
             .resource_limit
             .map(|r| (r, "configured resource limit".to_string()));
-        if fallback && resource.as_ref().is_none_or(|(r, _)| *r > a.fallback_resource_limit) {
+        if fallback
+            && resource
+                .as_ref()
+                .is_none_or(|(r, _)| *r > a.fallback_resource_limit)
+        {
             resource = Some((a.fallback_resource_limit, "fallback mode".into()));
         }
         if let Some((v, why)) = resource {
@@ -316,7 +330,11 @@ impl ToolApprovalForwarder {
     }
 
     /// Insert or compare-and-set a task document. False when someone else moved it first.
-    async fn write_task(&self, snap: &TaskSnapshot, next: &TaskRecord) -> Result<bool, ApprovalError> {
+    async fn write_task(
+        &self,
+        snap: &TaskSnapshot,
+        next: &TaskRecord,
+    ) -> Result<bool, ApprovalError> {
         let store = &self.inner.store;
         Ok(if snap.stored {
             store.task_update(next, snap.task.execution).await?
@@ -406,8 +424,11 @@ impl ToolApprovalForwarder {
                 .factor_enabled(ApproverFactor::Assistant)
         {
             let verdict = upstream.ask(&assistant_body(&body)).await;
-            self.note_upstream(matches!(verdict, UpstreamVerdict::Unreachable { .. }), &verdict)
-                .await;
+            self.note_upstream(
+                matches!(verdict, UpstreamVerdict::Unreachable { .. }),
+                &verdict,
+            )
+            .await;
             let assistant = ApproverIdentity {
                 approver_id: "assistant:upstream".into(),
                 display_name: "assistant".into(),
@@ -527,10 +548,7 @@ impl ToolApprovalForwarder {
         self.settle_constraints(&mut snap).await?;
         let retry = self.inner.config.tasks.retry_after_seconds;
         let rec = &snap.approval;
-        let by = rec
-            .resolution
-            .as_ref()
-            .and_then(|r| r.decided_by.as_ref());
+        let by = rec.resolution.as_ref().and_then(|r| r.decided_by.as_ref());
         let by_name = by.map(|b| b.display_name.clone()).unwrap_or_default();
         let reason = rec.resolution.as_ref().and_then(|r| r.reason.clone());
         let (approved, reason, retry_after, pending) = match rec.status {
@@ -551,7 +569,8 @@ impl ToolApprovalForwarder {
                 false,
             ),
             Status::Denied => {
-                let budget_day = by.is_some_and(|b| b.approver_id == format!("rules:{DAILY_BUDGET_RULE}"));
+                let budget_day =
+                    by.is_some_and(|b| b.approver_id == format!("rules:{DAILY_BUDGET_RULE}"));
                 (
                     false,
                     reason.unwrap_or_else(|| format!("Denied by {by_name}")),
@@ -598,7 +617,8 @@ impl ToolApprovalForwarder {
         let mut next = snap.task.clone();
         self.step(&snap, &mut next, TaskStatus::Running)?;
         next.started_at = Some(Utc::now());
-        self.commit(snap, next, json!({ "by": caller.token_name })).await
+        self.commit(snap, next, json!({ "by": caller.token_name }))
+            .await
     }
 
     /// An execution report: progress while running, or the end state. Moves the task (an
@@ -651,7 +671,10 @@ impl ToolApprovalForwarder {
         } else if from == TaskStatus::Running && to == TaskStatus::Running {
             message = format!("progress recorded for task {}", snap.task.task_id);
         } else {
-            if from == TaskStatus::Approved && to != TaskStatus::Running && to != TaskStatus::Aborted {
+            if from == TaskStatus::Approved
+                && to != TaskStatus::Running
+                && to != TaskStatus::Aborted
+            {
                 self.step(&snap, &mut next, TaskStatus::Running)?;
                 let mut via = snap.clone();
                 via.task.execution = Some(TaskStatus::Running);
@@ -724,8 +747,11 @@ impl ToolApprovalForwarder {
                 message = format!("constraint violated ({what}): task aborted, stop it now");
             }
             self.audit(
-                AuditEntry::new(AuditEvent::ConstraintViolation, Some(&snap.task.approval_id))
-                    .detail(json!({ "task_id": snap.task.task_id, "violations": new_violations })),
+                AuditEntry::new(
+                    AuditEvent::ConstraintViolation,
+                    Some(&snap.task.approval_id),
+                )
+                .detail(json!({ "task_id": snap.task.task_id, "violations": new_violations })),
             )
             .await;
             tracing::warn!(task_id = %snap.task.task_id, violations = %what, "task went over its constraints");
@@ -742,7 +768,11 @@ impl ToolApprovalForwarder {
             "duration_ms": next.duration_ms,
         });
         let snap = self
-            .commit(snap, next, json!({ "by": caller.token_name, "report": report.status }))
+            .commit(
+                snap,
+                next,
+                json!({ "by": caller.token_name, "report": report.status }),
+            )
             .await?;
         if self.inner.upstream.is_some() {
             self.inner.store.outbox_push(&upstream_body).await?;
@@ -763,9 +793,11 @@ impl ToolApprovalForwarder {
         let resolved = self.actor(actor)?;
         let admin = matches!(actor, Actor::Caller { caller, .. } if caller.has(TokenScope::Admin));
         if !resolved.authorised && !admin {
-            return Err(ApprovalError::NotAnApprover(resolved.why_not.unwrap_or_else(
-                || format!("{} may not abort tasks", resolved.identity.display_name),
-            )));
+            return Err(ApprovalError::NotAnApprover(
+                resolved.why_not.unwrap_or_else(|| {
+                    format!("{} may not abort tasks", resolved.identity.display_name)
+                }),
+            ));
         }
         let snap = self.task(given).await?;
         let mut next = snap.task.clone();
@@ -784,7 +816,8 @@ impl ToolApprovalForwarder {
         if let Some(started) = next.started_at {
             next.duration_ms = Some((at - started).num_milliseconds().max(0) as u64);
         }
-        self.commit(snap, next, json!({ "by": resolved.identity })).await
+        self.commit(snap, next, json!({ "by": resolved.identity }))
+            .await
     }
 
     /// `(should_abort, reason)` for an executor polling.
@@ -885,7 +918,11 @@ impl ToolApprovalForwarder {
             .events
             .publish(events::TASK_UPDATED, self.task_json(&after));
         if let Some(text) = execution_text(&after) {
-            self.edit_all_with(&after.approval, TemplateKind::outcome(after.approval.status), Some(text));
+            self.edit_all_with(
+                &after.approval,
+                TemplateKind::outcome(after.approval.status),
+                Some(text),
+            );
         }
         Ok(after)
     }
@@ -1104,6 +1141,43 @@ pub fn execution_text(snap: &TaskSnapshot) -> Option<String> {
         }),
         _ => None,
     }
+}
+
+/// A task's steps: what it stored, plus the approval's own (asked, decided), which happen
+/// in the engine and are not written twice.
+fn full_history(snap: &TaskSnapshot) -> Vec<TaskStep> {
+    let mut steps = snap.task.history.clone();
+    let asked = TaskStep {
+        status: TaskStatus::PendingApproval,
+        at: snap.approval.request.created_at,
+    };
+    if !steps
+        .iter()
+        .any(|s| s.status == TaskStatus::PendingApproval)
+    {
+        let at = steps
+            .iter()
+            .position(|s| s.status != TaskStatus::Pending)
+            .unwrap_or(steps.len());
+        steps.insert(at, asked);
+    }
+    if let Some(r) = &snap.approval.resolution {
+        let decided = TaskStatus::of_approval(snap.approval.status);
+        if !steps.iter().any(|s| s.status == decided) {
+            let at = steps
+                .iter()
+                .position(|s| s.status.is_execution())
+                .unwrap_or(steps.len());
+            steps.insert(
+                at,
+                TaskStep {
+                    status: decided,
+                    at: r.resolved_at,
+                },
+            );
+        }
+    }
+    steps
 }
 
 /// The upstream's view of a task: the body the gateway sent us.

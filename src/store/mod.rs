@@ -130,8 +130,7 @@ pub trait Store: Send + Sync + 'static {
         expected: Option<TaskStatus>,
     ) -> Result<bool, StoreError>;
     async fn task_by_id(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError>;
-    async fn task_by_approval(&self, approval_id: &str)
-    -> Result<Option<TaskRecord>, StoreError>;
+    async fn task_by_approval(&self, approval_id: &str) -> Result<Option<TaskRecord>, StoreError>;
     /// Every approval counted as a task, by task status.
     async fn task_status_counts(&self) -> Result<Vec<(TaskStatus, u64)>, StoreError>;
     /// Total actual cost (USD) and execution time (ms) reported.

@@ -476,10 +476,7 @@ impl Store for SqliteStore {
             .pop())
     }
 
-    async fn task_by_approval(
-        &self,
-        approval_id: &str,
-    ) -> Result<Option<TaskRecord>, StoreError> {
+    async fn task_by_approval(&self, approval_id: &str) -> Result<Option<TaskRecord>, StoreError> {
         Ok(self
             .json_rows(
                 "SELECT task_json FROM tasks WHERE approval_id = ?1",
@@ -592,4 +589,3 @@ impl Store for SqliteStore {
         Ok(n.max(0) as u64)
     }
 }
-

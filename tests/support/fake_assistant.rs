@@ -18,7 +18,9 @@ pub const UPSTREAM_KEY: &str = "upstream-key-0123456789";
 /// How the fake answers `/api/approve`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Mode {
-    Approve { constraints: Value },
+    Approve {
+        constraints: Value,
+    },
     Deny(&'static str),
     Pending,
     /// Every endpoint (health included) answers 503.
@@ -92,9 +94,7 @@ impl FakeAssistant {
 }
 
 fn record(inner: &Mutex<Inner>, path: &str, headers: &HeaderMap, body: Value) -> (Mode, bool) {
-    let authorised = headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
+    let authorised = headers.get("authorization").and_then(|v| v.to_str().ok())
         == Some(&format!("Bearer {UPSTREAM_KEY}"));
     let mut g = inner.lock().unwrap();
     g.calls.push(Call {
@@ -112,7 +112,11 @@ async fn approve(
 ) -> Response {
     let (mode, authorised) = record(&inner, "/api/approve", &headers, body);
     if !authorised {
-        return (StatusCode::UNAUTHORIZED, axum::Json(json!({ "error": "bad key" }))).into_response();
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(json!({ "error": "bad key" })),
+        )
+            .into_response();
     }
     let answer = match mode {
         Mode::Down => return StatusCode::SERVICE_UNAVAILABLE.into_response(),

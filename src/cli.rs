@@ -99,6 +99,24 @@ pub enum Command {
         #[arg(long)]
         reason: Option<String>,
     },
+    /// Abort an approved or running task (by task id or approval id/prefix); the executor is
+    /// told through its abort signal.
+    Abort {
+        id: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Show a task: status, constraints, costs, times, logs.
+    Task {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Task queue figures: counts by status, total cost and execution time, fallback mode.
+    Queue {
+        #[arg(long)]
+        json: bool,
+    },
     /// Print live events until interrupted.
     Watch {
         #[arg(long)]
@@ -322,6 +340,58 @@ async fn client_command(client: &Client, command: Command) -> anyhow::Result<Exi
                 )
                 .await?;
             print_result(&r);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Abort { id, reason } => {
+            let t = client
+                .call(
+                    "tool.task.abort",
+                    json!({ "task_id": id, "reason": reason, "transport": "cli" }),
+                )
+                .await?;
+            println!(
+                "task {} {}",
+                t["task_id"].as_str().unwrap_or("?"),
+                t["execution_text"].as_str().unwrap_or("aborted")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Task { id, json: as_json } => {
+            let t = client
+                .call("tool.task.get", json!({ "task_id": id }))
+                .await?;
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&t)?);
+            } else {
+                print_task(&t);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Queue { json: as_json } => {
+            let q = client.call("tool.queue.status", json!({})).await?;
+            if as_json {
+                println!("{}", serde_json::to_string_pretty(&q)?);
+            } else {
+                println!(
+                    "tasks: {}  pending approval: {}  running: {}  total cost: ${:.4}  execution time: {} ms",
+                    q["total_tasks"],
+                    q["pending_approval"],
+                    q["running"],
+                    q["total_cost_usd"].as_f64().unwrap_or(0.0),
+                    q["total_execution_time_ms"]
+                );
+                if let Some(by) = q["by_status"].as_object() {
+                    for (status, n) in by {
+                        println!("  {status:<17} {n}");
+                    }
+                }
+                if q["fallback"]["in_fallback"] == true {
+                    println!(
+                        "FALLBACK MODE: the upstream assistant is unreachable ({})",
+                        q["fallback"]["last_error"]
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Watch { json: as_json } => {
@@ -583,5 +653,41 @@ impl Client {
             }
         }
         Ok(())
+    }
+}
+
+fn print_task(t: &Value) {
+    let text = |v: &Value| {
+        v.as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| v.to_string())
+    };
+    println!("task        {}", text(&t["task_id"]));
+    println!("approval    {}", text(&t["approval_id"]));
+    println!("type        {}", text(&t["task_type"]));
+    println!("status      {}", text(&t["status"]));
+    if let Some(e) = t["execution_text"].as_str() {
+        println!("execution   {e}");
+    }
+    println!(
+        "cost        estimated {}  actual {}",
+        t["estimated_cost"], t["actual_cost"]
+    );
+    for c in t["constraints"].as_array().into_iter().flatten() {
+        println!(
+            "constraint  {} = {} ({})",
+            text(&c["type"]),
+            c["value"],
+            text(&c["reason"])
+        );
+    }
+    for v in t["violations"].as_array().into_iter().flatten() {
+        println!("VIOLATION   {}", text(v));
+    }
+    for h in t["history"].as_array().into_iter().flatten() {
+        println!("  {}  {}", text(&h["at"]), text(&h["status"]));
+    }
+    for l in t["logs"].as_array().into_iter().flatten() {
+        println!("  | {}", text(l));
     }
 }

@@ -343,3 +343,51 @@ fn watch_prints_live_events_as_json_lines() {
 fn stdout_text(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
+
+#[test]
+fn operators_follow_and_abort_a_task_from_the_cli() {
+    let s = Served::start();
+    let created = s.cli(
+        "dev-gateway-token",
+        &[
+            "request",
+            "--tool",
+            "shell",
+            "--command",
+            "make deploy",
+            "--no-wait",
+        ],
+    );
+    assert!(created.status.success());
+    let id = stdout(&created)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+
+    // Still waiting for approval: nothing to abort, and the CLI says why.
+    let early = s.cli("dev-alice-token", &["abort", &id]);
+    assert_eq!(early.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&early.stderr).contains("invalid_transition"),
+        "{}",
+        String::from_utf8_lossy(&early.stderr)
+    );
+    assert!(s.cli("dev-alice-token", &["approve", &id]).status.success());
+    let shown = stdout(&s.cli("dev-alice-token", &["task", &id]));
+    assert!(shown.contains("status      approved"), "{shown}");
+
+    let aborted = s.cli("dev-alice-token", &["abort", &id, "--reason", "wrong box"]);
+    assert!(aborted.status.success(), "{:?}", aborted);
+    assert!(
+        stdout(&aborted).contains("aborted by Alice: wrong box"),
+        "{}",
+        stdout(&aborted)
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&stdout(&s.cli("dev-alice-token", &["task", &id, "--json"]))).unwrap();
+    assert_eq!(json["status"], "aborted");
+    assert_eq!(json["abort"]["by"]["transport"], "cli");
+    let queue = stdout(&s.cli("dev-admin-token", &["queue"]));
+    assert!(queue.contains("aborted           1"), "{queue}");
+}

@@ -552,3 +552,89 @@ async fn assets_are_served_from_the_binary() {
         StatusCode::NOT_FOUND
     );
 }
+
+#[tokio::test]
+async fn operators_see_task_figures_and_abort_a_running_task_from_its_page() {
+    let s = TestServer::start("", Vec::new()).await;
+    let r = s
+        .request(json!({ "tool": "shell", "command": "reindex <all>", "wait": false }))
+        .await;
+    let id = r["id"].as_str().unwrap().to_string();
+    s.call(
+        ALICE,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "approve-once" }),
+    )
+    .await;
+    s.call(GATEWAY, "tool.execution.start", json!({ "task_id": id }))
+        .await;
+    s.call(
+        GATEWAY,
+        "tool.execution.report",
+        json!({ "task_id": id, "status": "running", "actual_cost": 0.25, "logs": ["<b>not bold</b>"] }),
+    )
+    .await;
+
+    // Carol may look but is not an approver: no abort button, and a forged post is refused.
+    let carol = UiClient::sign_in(&s.url, CAROL_UI).await;
+    let page = carol.page(&format!("/ui/requests/{id}")).await;
+    assert!(page.contains("id=\"task-status\""), "{page}");
+    assert!(!page.contains("id=\"abort-task\""));
+    let csrf = carol.csrf().await;
+    let res = carol
+        .post_form(
+            &format!("/ui/requests/{id}/abort"),
+            &[("csrf", csrf.as_str())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let after = carol.page(&format!("/ui/requests/{id}")).await;
+    assert!(after.contains("not an approver"), "{after}");
+    let t = s
+        .call(ADMIN, "tool.task.get", json!({ "task_id": id }))
+        .await;
+    assert_eq!(t["status"], "running");
+
+    let alice = UiClient::sign_in(&s.url, ALICE_UI).await;
+    let page = alice.page(&format!("/ui/requests/{id}")).await;
+    assert!(page.contains("running"), "{page}");
+    assert!(page.contains("&lt;b&gt;not bold"), "logs are text");
+    assert!(!page.contains("<b>not bold"), "logs are text");
+    assert!(page.contains("id=\"abort-task\""));
+    let status = alice.page("/ui").await;
+    assert!(status.contains("id=\"count-running\">1<"), "{status}");
+    assert!(status.contains("$0.25"), "total cost shown");
+
+    // Without the CSRF token nothing happens; with it the task is aborted as Alice.
+    let res = alice
+        .post_form(&format!("/ui/requests/{id}/abort"), &[("reason", "x")])
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let csrf = alice.csrf().await;
+    let res = alice
+        .post_form(
+            &format!("/ui/requests/{id}/abort"),
+            &[("csrf", csrf.as_str()), ("reason", "wrong index")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let page = alice.page(&location(&res)).await;
+    assert!(page.contains("aborted by Alice: wrong index"), "{page}");
+    assert!(!page.contains("id=\"abort-task\""), "nothing left to abort");
+    let t = s
+        .call(ADMIN, "tool.task.get", json!({ "task_id": id }))
+        .await;
+    assert_eq!(t["status"], "aborted");
+    assert_eq!(t["abort"]["by"]["transport"], "control_ui");
+    let signal: Value = s
+        .http()
+        .get(format!("{}/api/abort-signal/{id}", s.url))
+        .bearer_auth(GATEWAY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(signal["should_abort"], true);
+}

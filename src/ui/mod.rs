@@ -29,9 +29,10 @@ use views::{AuditView, CardView};
 
 use crate::config::PersonConfig;
 use crate::domain::{ApprovalRecord, Decision, Status};
-use crate::engine::{Actor, DecisionAttempt, ToolApprovalForwarder, plain_refusal};
+use crate::engine::{Actor, DecisionAttempt, ToolApprovalForwarder, execution_text, plain_refusal};
 use crate::error::ApprovalError;
 use crate::store::{AuditQuery, ListQuery};
+use crate::tasks::TaskStatus;
 
 /// What every UI handler needs.
 #[derive(Clone)]
@@ -93,6 +94,7 @@ pub fn router(engine: ToolApprovalForwarder, key: SessionKey) -> Router {
         .route("/ui/history", get(history_page))
         .route("/ui/requests/{id}", get(request_page))
         .route("/ui/requests/{id}/decide", post(decide))
+        .route("/ui/requests/{id}/abort", post(abort))
         .route("/ui/fragments/card/{id}", get(card_fragment))
         .route("/ui/fragments/pending", get(pending_fragment))
         .route("/ui/fragments/status", get(status_fragment))
@@ -413,6 +415,8 @@ struct StatusView {
     total: u64,
     channels: Vec<serde_json::Value>,
     failing: usize,
+    /// Task queue figures: execution counts, cost and time totals, budget, fallback mode.
+    tasks: serde_json::Value,
 }
 
 async fn status_view(ctx: &UiContext) -> Result<StatusView, UiError> {
@@ -438,6 +442,7 @@ async fn status_view(ctx: &UiContext) -> Result<StatusView, UiError> {
         counts,
         channels,
         failing,
+        tasks: ctx.engine.queue_status().await?,
     })
 }
 
@@ -593,6 +598,58 @@ async fn decide(
         .into_response())
 }
 
+#[derive(Deserialize)]
+struct AbortForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    reason: String,
+}
+
+/// Abort an approved or running task from its request page.
+async fn abort(
+    State(ctx): State<UiContext>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    Form(form): Form<AbortForm>,
+) -> Result<Response, UiError> {
+    let viewer = ctx.form_viewer(&headers, &form.csrf)?;
+    let reason: String = form.reason.trim().chars().take(MAX_REASON_CHARS).collect();
+    let actor = Actor::ControlUi {
+        person: viewer.person.name.clone(),
+    };
+    let id = ctx.engine.resolve_id(&id).await?;
+    let result = ctx
+        .engine
+        .abort_task(&id, (!reason.is_empty()).then_some(reason), &actor)
+        .await;
+    let (ok, message) = match result {
+        Ok(snap) => (
+            true,
+            format!(
+                "Task {}",
+                execution_text(&snap).unwrap_or_else(|| "aborted".into())
+            ),
+        ),
+        Err(e @ (ApprovalError::InvalidTransition(_) | ApprovalError::NotAnApprover(_))) => {
+            (false, e.to_string())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let flash = Flash {
+        kind: if ok { "ok" } else { "refused" }.into(),
+        text: message,
+    };
+    Ok((
+        [(
+            header::SET_COOKIE,
+            flash_cookie(Some(&flash), ctx.secure_cookies),
+        )],
+        Redirect::to(&format!("/ui/requests/{id}")),
+    )
+        .into_response())
+}
+
 // ----- history and one request -------------------------------------------------------------
 
 #[derive(Deserialize, Default)]
@@ -725,7 +782,12 @@ async fn request_page(
         })
         .await?;
     let audit: Vec<_> = audit.iter().map(AuditView::new).collect();
-    ctx.render(
+    let task = ctx.engine.task(&rec.request.id).await?;
+    let abortable = matches!(task.status(), TaskStatus::Approved | TaskStatus::Running)
+        && viewer.person.approver;
+    let task_view = ctx.engine.task_json(&task);
+    let flash = read_flash(&headers);
+    let mut res = ctx.render(
         "request.html",
         context! {
             page => "request",
@@ -733,8 +795,17 @@ async fn request_page(
             csrf => viewer.csrf,
             card => v(&card(&ctx, &rec, Utc::now())),
             audit => v(&audit),
+            task => v(&task_view),
+            abortable => abortable,
+            flash => v(&flash),
         },
-    )
+    )?;
+    if flash.is_some()
+        && let Ok(v) = HeaderValue::from_str(&flash_cookie(None, ctx.secure_cookies))
+    {
+        res.headers_mut().append(header::SET_COOKIE, v);
+    }
+    Ok(res)
 }
 
 // ----- assets ------------------------------------------------------------------------------

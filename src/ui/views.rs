@@ -279,6 +279,29 @@ impl AuditView {
                 s(&d["why"]).unwrap_or_default()
             ),
             "timeout_notice" => format!("timeout notice to {}", target(&d["target"])),
+            "task" => {
+                let mut t = format!(
+                    "task {}: {} → {}",
+                    s(&d["task_id"]).unwrap_or_default(),
+                    s(&d["from"]).unwrap_or_default(),
+                    s(&d["to"]).unwrap_or_default()
+                );
+                if let Some(reason) = s(&d["abort"]["reason"]) {
+                    t.push_str(&format!(" ({reason})"));
+                }
+                t
+            }
+            "constraint_violation" => format!(
+                "constraint violated: {}",
+                d["violations"]
+                    .as_array()
+                    .map(|v| v
+                        .iter()
+                        .filter_map(|x| x.as_str())
+                        .collect::<Vec<_>>()
+                        .join("; "))
+                    .unwrap_or_default()
+            ),
             _ if d.is_null() => String::new(),
             _ => compact(d),
         };

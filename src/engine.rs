@@ -1057,11 +1057,17 @@ impl ToolApprovalForwarder {
 
     /// Edit every delivered prompt of this request, on every surface, concurrently.
     fn edit_all(&self, rec: &ApprovalRecord, kind: TemplateKind) {
-        self.edit_all_with(rec, kind, None)
+        self.edit_all_with(rec, kind, None, false)
     }
 
     /// [`Self::edit_all`], with a line on the task's execution.
-    fn edit_all_with(&self, rec: &ApprovalRecord, kind: TemplateKind, execution: Option<String>) {
+    fn edit_all_with(
+        &self,
+        rec: &ApprovalRecord,
+        kind: TemplateKind,
+        execution: Option<String>,
+        abort_button: bool,
+    ) {
         for delivery in &rec.deliveries {
             let Some(message) = delivery.message.clone() else {
                 continue;
@@ -1069,7 +1075,13 @@ impl ToolApprovalForwarder {
             let Some(channel) = self.inner.channels.get(&message.channel).cloned() else {
                 continue;
             };
-            let prompt = match self.prompt_with(rec, channel.markup(), kind, execution.clone()) {
+            let prompt = match self.prompt_with(
+                rec,
+                channel.markup(),
+                kind,
+                execution.clone(),
+                abort_button,
+            ) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(error = %e, "cannot render edit");
@@ -1201,16 +1213,18 @@ impl ToolApprovalForwarder {
         markup: Markup,
         kind: TemplateKind,
     ) -> Result<Prompt, crate::templates::TemplateError> {
-        self.prompt_with(rec, markup, kind, None)
+        self.prompt_with(rec, markup, kind, None, false)
     }
 
-    /// [`Self::prompt`] with the task's execution line ("completed in 4.0 s, cost $0.0087").
+    /// [`Self::prompt`] with the task's execution line ("completed in 4.0 s, cost $0.0087"),
+    /// and an Abort button while the task runs.
     pub fn prompt_with(
         &self,
         rec: &ApprovalRecord,
         markup: Markup,
         kind: TemplateKind,
         execution: Option<String>,
+        abort_button: bool,
     ) -> Result<Prompt, crate::templates::TemplateError> {
         let mut ctx = self.context(rec);
         ctx.view.execution = execution;
@@ -1225,6 +1239,12 @@ impl ToolApprovalForwarder {
                     data: ActionData::new(&rec.request.id, *d).to_string(),
                 })
                 .collect()
+        } else if abort_button {
+            vec![PromptAction {
+                decision: Decision::Deny,
+                label: "Abort".into(),
+                data: ActionData::abort(&rec.request.id).to_string(),
+            }]
         } else {
             Vec::new()
         };
@@ -1444,6 +1464,9 @@ impl InboundSink for ToolApprovalForwarder {
     }
 
     async fn decide(&self, action: InboundAction) -> InboundReply {
+        if action.abort {
+            return self.abort_from_chat(action).await;
+        }
         let attempt = DecisionAttempt {
             id: action.approval.clone(),
             decision: action.decision,

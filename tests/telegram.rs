@@ -908,3 +908,64 @@ fn config_errors_name_the_key_and_kind_lets_a_second_bot_have_its_own_name() {
             .all(|c| c.transport() == approvald_channel::Transport::Telegram)
     );
 }
+
+#[tokio::test]
+async fn a_running_task_gets_an_abort_button_that_stops_it_for_approvers_only() {
+    let fake = FakeTelegram::start(TOKEN);
+    let extra = config(
+        &fake,
+        r#"targets = ["-1001"]"#,
+        "[delivery]\nmode = \"targets\"\n",
+    );
+    let s = start(&extra).await;
+    let id = "1b9c4d2e-5f6a-4b7c-8d9e-0f1a2b3c4d5e";
+    s.request(json!({ "id": id, "tool": "shell", "command": "make reindex" }))
+        .await;
+    let prompt = prompts(&fake, id, 1).await.remove(0);
+    fake.press(&TOM, GROUP, prompt.message_id, &data(id, 'o'));
+    eventually("approved", || async {
+        s.get(id).await["status"] == "approved"
+    })
+    .await;
+    s.call(GATEWAY, "tool.execution.start", json!({ "task_id": id }))
+        .await;
+    eventually("the Abort button on the prompt", || async {
+        fake.prompts_for(id)
+            .first()
+            .is_some_and(|m| m.buttons() == vec![("Abort".to_string(), data(id, 'x'))])
+    })
+    .await;
+    assert!(fake.prompts_for(id)[0].text().contains("Task: running"));
+
+    let refused = fake.press(&MALLORY, GROUP, prompt.message_id, &data(id, 'x'));
+    eventually("mallory is answered", || async {
+        fake.answer_to(&refused).is_some()
+    })
+    .await;
+    assert!(fake.answer_to(&refused).unwrap().show_alert);
+    let t = s
+        .call(ADMIN, "tool.task.get", json!({ "task_id": id }))
+        .await;
+    assert_eq!(t["status"], "running");
+
+    let pressed = fake.press(&ERIN, GROUP, prompt.message_id, &data(id, 'x'));
+    eventually("erin is answered", || async {
+        fake.answer_to(&pressed).is_some()
+    })
+    .await;
+    assert_eq!(
+        fake.answer_to(&pressed).unwrap().text.as_deref(),
+        Some("Task aborted by Erin")
+    );
+    let t = s
+        .call(ADMIN, "tool.task.get", json!({ "task_id": id }))
+        .await;
+    assert_eq!(t["status"], "aborted");
+    assert_eq!(t["abort"]["by"]["person"], "erin");
+    eventually("the prompt shows the abort, buttons gone", || async {
+        fake.prompts_for(id)
+            .first()
+            .is_some_and(|m| m.keyboard.is_none() && m.text().contains("aborted by Erin"))
+    })
+    .await;
+}

@@ -10,6 +10,8 @@ use chrono::{DateTime, Datelike, TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use approvald_channel::{InboundAction, InboundReply, RefusalKind};
+
 use super::{Actor, NewRequest, PresetVerdict, ToolApprovalForwarder};
 use crate::audit::{AuditEntry, AuditEvent};
 use crate::config::{ApproverFactor, TokenScope};
@@ -820,6 +822,45 @@ impl ToolApprovalForwarder {
             .await
     }
 
+    /// A press on a running task's Abort button in chat.
+    pub(crate) async fn abort_from_chat(&self, action: InboundAction) -> InboundReply {
+        let actor = Actor::Platform {
+            channel: action.channel.clone(),
+            user: action.user.clone(),
+        };
+        let id = match self.resolve_id(&action.approval).await {
+            Ok(id) => id,
+            Err(e) => {
+                let (kind, message) = super::plain_refusal(&e);
+                return InboundReply::Refused { kind, message };
+            }
+        };
+        match self.abort_task(&id, None, &actor).await {
+            Ok(snap) => InboundReply::Accepted {
+                status: snap.status().as_str().to_string(),
+                message: format!(
+                    "Task {}",
+                    execution_text(&snap).unwrap_or_else(|| "aborted".into())
+                ),
+            },
+            Err(ApprovalError::InvalidTransition(_)) => {
+                let now = self
+                    .task(&id)
+                    .await
+                    .map(|s| s.status().as_str())
+                    .unwrap_or("finished");
+                InboundReply::Refused {
+                    kind: RefusalKind::AlreadyResolved,
+                    message: format!("This task is no longer running (it is {now})."),
+                }
+            }
+            Err(e) => {
+                let (kind, message) = super::plain_refusal(&e);
+                InboundReply::Refused { kind, message }
+            }
+        }
+    }
+
     /// `(should_abort, reason)` for an executor polling.
     pub async fn abort_signal(&self, given: &str) -> Result<(bool, Option<String>), ApprovalError> {
         let snap = self.task(given).await?;
@@ -922,6 +963,7 @@ impl ToolApprovalForwarder {
                 &after.approval,
                 TemplateKind::outcome(after.approval.status),
                 Some(text),
+                to == TaskStatus::Running,
             );
         }
         Ok(after)
@@ -1134,6 +1176,9 @@ pub fn execution_text(snap: &TaskSnapshot) -> Option<String> {
         )),
         TaskStatus::Aborted => Some(match &t.abort {
             Some(a) => match &a.by {
+                Some(by) if a.reason == format!("aborted by {}", by.display_name) => {
+                    a.reason.clone()
+                }
                 Some(by) => format!("aborted by {}: {}", by.display_name, a.reason),
                 None => format!("aborted: {}", a.reason),
             },

@@ -16,6 +16,9 @@ pub const ACTION_DATA_VERSION: &str = "v1";
 pub struct ActionData {
     pub approval_id: String,
     pub decision: Decision,
+    /// The Abort button a prompt shows while its approved task runs: stop the task instead of
+    /// deciding. `decision` is then `Deny`, so platforms style it as the dangerous button.
+    pub abort: bool,
 }
 
 /// Why a button payload could not be read: an old format, a foreign button, or garbage.
@@ -32,11 +35,24 @@ impl ActionData {
         Self {
             approval_id: approval_id.into(),
             decision,
+            abort: false,
         }
     }
 
-    fn code(decision: Decision) -> char {
-        match decision {
+    /// The payload of a running task's Abort button.
+    pub fn abort(approval_id: impl Into<String>) -> Self {
+        Self {
+            approval_id: approval_id.into(),
+            decision: Decision::Deny,
+            abort: true,
+        }
+    }
+
+    fn code(&self) -> char {
+        if self.abort {
+            return 'x';
+        }
+        match self.decision {
             Decision::ApproveOnce => 'o',
             Decision::ApproveAlways => 'a',
             Decision::Deny => 'd',
@@ -50,7 +66,7 @@ impl fmt::Display for ActionData {
             f,
             "{ACTION_DATA_VERSION}:{}:{}",
             self.approval_id,
-            Self::code(self.decision)
+            self.code()
         )
     }
 }
@@ -72,10 +88,11 @@ impl FromStr for ActionData {
                 Err(ActionDataError::Malformed)
             };
         }
-        let decision = match code {
-            "o" => Decision::ApproveOnce,
-            "a" => Decision::ApproveAlways,
-            "d" => Decision::Deny,
+        let (decision, abort) = match code {
+            "o" => (Decision::ApproveOnce, false),
+            "a" => (Decision::ApproveAlways, false),
+            "d" => (Decision::Deny, false),
+            "x" => (Decision::Deny, true),
             _ => return Err(ActionDataError::Malformed),
         };
         let id_ok = !id.is_empty()
@@ -84,7 +101,11 @@ impl FromStr for ActionData {
         if !id_ok {
             return Err(ActionDataError::Malformed);
         }
-        Ok(ActionData::new(id, decision))
+        Ok(ActionData {
+            approval_id: id.to_string(),
+            decision,
+            abort,
+        })
     }
 }
 
@@ -100,6 +121,11 @@ mod tests {
             assert!(data.len() <= 64, "{data} is {} bytes", data.len());
             assert_eq!(data.parse::<ActionData>().unwrap(), ActionData::new(id, d));
         }
+        let abort = ActionData::abort(id).to_string();
+        assert!(abort.len() <= 64);
+        let parsed = abort.parse::<ActionData>().unwrap();
+        assert!(parsed.abort);
+        assert_eq!(parsed.decision, Decision::Deny);
     }
 
     #[test]
@@ -113,7 +139,7 @@ mod tests {
             Err(ActionDataError::Malformed)
         );
         assert_eq!(
-            "v1:abc:x".parse::<ActionData>(),
+            "v1:abc:z".parse::<ActionData>(),
             Err(ActionDataError::Malformed)
         );
         assert_eq!(

@@ -232,7 +232,7 @@ pub struct PromptView {
     pub reason: Option<String>,
     /// Where the approved task's execution stands ("running", "completed in 4.0 s, cost
     /// $0.0087", "aborted by alice"), once an executor or operator has moved it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default)]
     pub execution: Option<String>,
 }
 
@@ -310,6 +310,8 @@ pub struct InboundAction {
     pub decision: Decision,
     pub user: PlatformUser,
     pub reason: Option<String>,
+    /// A press on a running task's Abort button ([`ActionData::abort`]): stop the task.
+    pub abort: bool,
 }
 
 /// Why the engine refused an inbound decision, so the platform can answer in plain words.

@@ -169,6 +169,24 @@ impl TestChannel {
             decision,
             user,
             reason: None,
+            abort: false,
+        })
+        .await
+    }
+
+    /// Press the Abort button of a running task as `user`.
+    pub async fn press_abort(&self, approval: &str, user: PlatformUser) -> InboundReply {
+        let sink = self.sink.lock().map(|s| s.clone()).ok().flatten();
+        let Some(sink) = sink else {
+            panic!("TestChannel {} was never started by the engine", self.name);
+        };
+        sink.decide(InboundAction {
+            channel: self.name.clone(),
+            approval: approval.to_string(),
+            decision: Decision::Deny,
+            user,
+            reason: None,
+            abort: true,
         })
         .await
     }

@@ -134,6 +134,7 @@ impl Interactions {
                 decision,
                 user,
                 reason,
+                abort: false,
             })
             .await;
         render::ephemeral(reply_text(&reply))

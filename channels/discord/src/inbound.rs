@@ -96,6 +96,7 @@ impl Interactions {
                 decision: data.decision,
                 user,
                 reason: None,
+                abort: data.abort,
             })
             .await;
         let mut edited = None;

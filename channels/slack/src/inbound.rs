@@ -143,6 +143,7 @@ impl Inbound {
                 decision: data.decision,
                 user: platform_user,
                 reason: None,
+                abort: data.abort,
             })
             .await;
         match reply {
@@ -217,6 +218,7 @@ impl Inbound {
                         decision,
                         user,
                         reason,
+                        abort: false,
                     })
                     .await;
                 match reply {

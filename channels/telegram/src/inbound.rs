@@ -122,6 +122,7 @@ impl Receiver {
                 decision: action.decision,
                 user: platform_user(&q.from, chat),
                 reason: None,
+                abort: action.abort,
             })
             .await;
         let (text, alert) = match reply {
@@ -216,6 +217,7 @@ impl Receiver {
                 decision,
                 user,
                 reason,
+                abort: false,
             })
             .await;
         match reply {

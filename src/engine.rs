@@ -497,9 +497,17 @@ impl ToolApprovalForwarder {
             .ok_or_else(|| ApprovalError::UnknownId(id.to_string()))
     }
 
-    /// A full id, or the one id a prefix of at least 6 characters names.
+    /// A full id, the one id a prefix of at least 6 characters names, or a task's id.
     pub async fn resolve_id(&self, given: &str) -> Result<String, ApprovalError> {
-        let given = given.trim().to_ascii_lowercase();
+        let trimmed = given.trim();
+        // A task id from the assistant protocol names its approval too.
+        if !trimmed.is_empty()
+            && trimmed.len() <= 256
+            && let Some(task) = self.inner.store.task_by_id(trimmed).await?
+        {
+            return Ok(task.approval_id);
+        }
+        let given = trimmed.to_ascii_lowercase();
         if given.len() < 6 || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
             return Err(ApprovalError::InvalidParams(format!(
                 "id {given:?} must be a full id or a prefix of at least 6 hex characters"

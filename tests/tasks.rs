@@ -822,3 +822,31 @@ async fn chat_prompts_show_an_abort_button_while_the_task_runs_and_only_approver
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_task_id_names_its_approval_everywhere_an_id_is_taken() {
+    let (s, _chat) = start("").await;
+    let answer = enqueue(&s, task("deploy-42", "workflow", 1.0)).await;
+    let r = s
+        .call(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": "deploy-42", "decision": "approve-once" }),
+        )
+        .await;
+    assert_eq!(r["id"], answer["approval_id"]);
+    assert_eq!(r["status"], "approved");
+    let again = enqueue(&s, task("deploy-42", "workflow", 1.0)).await;
+    assert_eq!(again["approved"], true);
+    let (kind, _) = s
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": "deploy-43", "decision": "deny" }),
+        )
+        .await;
+    assert_eq!(
+        kind, "invalid_params",
+        "an unknown task id is not an approval id either"
+    );
+}

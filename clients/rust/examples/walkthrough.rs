@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! approvald serve &                       # in the repository root
-//! cargo run --manifest-path clients/rust/Cargo.toml --example walkthrough
+//! cargo run -p approvald-client --example walkthrough
 //! ```
 //!
 //! Reads `APPROVAL_SYSTEM_URL` (default `http://127.0.0.1:8001`) and `APPROVAL_API_KEY`

@@ -584,18 +584,7 @@ async fn decide(
         )
             .into_response());
     }
-    let flash = Flash {
-        kind: if ok { "ok" } else { "refused" }.into(),
-        text: message,
-    };
-    Ok((
-        [(
-            header::SET_COOKIE,
-            flash_cookie(Some(&flash), ctx.secure_cookies),
-        )],
-        Redirect::to("/ui"),
-    )
-        .into_response())
+    Ok(flash_redirect(&ctx, ok, message, "/ui"))
 }
 
 #[derive(Deserialize)]
@@ -636,18 +625,28 @@ async fn abort(
         }
         Err(e) => return Err(e.into()),
     };
+    Ok(flash_redirect(
+        &ctx,
+        ok,
+        message,
+        &format!("/ui/requests/{id}"),
+    ))
+}
+
+/// After a plain form post: say how it went on the next page.
+fn flash_redirect(ctx: &UiContext, ok: bool, text: String, to: &str) -> Response {
     let flash = Flash {
         kind: if ok { "ok" } else { "refused" }.into(),
-        text: message,
+        text,
     };
-    Ok((
+    (
         [(
             header::SET_COOKIE,
             flash_cookie(Some(&flash), ctx.secure_cookies),
         )],
-        Redirect::to(&format!("/ui/requests/{id}")),
+        Redirect::to(to),
     )
-        .into_response())
+        .into_response()
 }
 
 // ----- history and one request -------------------------------------------------------------

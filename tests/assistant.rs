@@ -44,6 +44,7 @@ retry_after_seconds = 1
 [delivery]
 mode = "targets"
 targets = [{{ channel = "chat-a", to = "ops" }}]
+timeout_notice_targets = [{{ channel = "chat-a", to = "ops-alerts" }}]
 "#,
         upstream.url
     )

@@ -26,6 +26,10 @@ pub enum AuditEvent {
     ConstraintViolation,
     /// The upstream assistant became unreachable (`entered`) or came back.
     Fallback,
+    /// Requests refused for going over a rate limit (once a window per scope and key).
+    RateLimited,
+    /// An identical request folded into this pending one (no second prompt).
+    Folded,
 }
 
 impl AuditEvent {
@@ -44,6 +48,8 @@ impl AuditEvent {
             AuditEvent::Task => "task",
             AuditEvent::ConstraintViolation => "constraint_violation",
             AuditEvent::Fallback => "fallback",
+            AuditEvent::RateLimited => "rate_limited",
+            AuditEvent::Folded => "folded",
         }
     }
 }

@@ -124,6 +124,37 @@ pub struct Config {
     pub budget: BudgetConfig,
     pub tasks: TasksConfig,
     pub assistant: AssistantConfig,
+    pub limits: LimitsConfig,
+}
+
+/// Protection against floods and prompt fatigue: request rate limits per API token, agent and
+/// session, and folding of identical pending requests.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Approval requests a minute per API token; 0 is unlimited.
+    pub requests_per_minute_per_token: u32,
+    /// Per `agent_id`; 0 is unlimited.
+    pub requests_per_minute_per_agent: u32,
+    /// Per `session_key`; 0 is unlimited.
+    pub requests_per_minute_per_session: u32,
+    /// How many may arrive at once before the per-minute pace applies.
+    pub burst: u32,
+    /// An identical request (same requester, agent, session, token, tool, command and args)
+    /// while one is pending waits on that one instead of sending a second prompt.
+    pub fold_identical: bool,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            requests_per_minute_per_token: 0,
+            requests_per_minute_per_agent: 0,
+            requests_per_minute_per_session: 0,
+            burst: 20,
+            fold_identical: true,
+        }
+    }
 }
 
 /// Spending and execution limits: the rules-based approver of the assistant protocol. Every
@@ -308,6 +339,10 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     /// Mark control UI cookies `Secure` (set this when approvald is served over HTTPS).
     pub secure_cookies: bool,
+    /// WebSocket and SSE clients connected at once; more are refused with 503.
+    pub max_stream_clients: usize,
+    /// A client must send a request's headers within this time (also the keep-alive idle limit).
+    pub header_timeout_ms: u64,
 }
 
 impl Default for ServerConfig {
@@ -316,6 +351,8 @@ impl Default for ServerConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8001)),
             max_body_bytes: 1024 * 1024,
             secure_cookies: false,
+            max_stream_clients: 1000,
+            header_timeout_ms: 30_000,
         }
     }
 }
@@ -652,6 +689,15 @@ impl Config {
             return Err(ConfigError::new(
                 "assistant.url",
                 "must start with http:// or https://",
+            ));
+        }
+        if self.limits.burst == 0 {
+            return Err(ConfigError::new("limits.burst", "must be at least 1"));
+        }
+        if self.server.max_stream_clients == 0 || self.server.header_timeout_ms == 0 {
+            return Err(ConfigError::new(
+                "server.max_stream_clients",
+                "max_stream_clients and header_timeout_ms must be above 0",
             ));
         }
         if self.assistant.max_attempts == 0 {

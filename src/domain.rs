@@ -123,6 +123,27 @@ impl ApprovalRequest {
         self.id.get(..8).unwrap_or(&self.id)
     }
 
+    /// What makes two requests "the same ask" for folding: who asks (requester, token),
+    /// from where (agent, session) and what (tool, command, args, risk). Two people's requests
+    /// never share a key, so folding cannot let anyone approve their own request through
+    /// another's prompt.
+    pub fn fold_key(&self) -> String {
+        use sha2::Digest;
+        let parts = serde_json::json!([
+            self.requested_via_token,
+            self.requester,
+            self.agent_id,
+            self.session_key,
+            self.tool,
+            self.command,
+            self.args,
+            self.risk_class,
+            self.summary,
+        ]);
+        let digest = sha2::Sha256::digest(parts.to_string().as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Whether two requests ask for the same thing (an explicit id resent by a retrying caller).
     pub fn same_content(&self, other: &ApprovalRequest) -> bool {
         self.tool == other.tool

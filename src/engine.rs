@@ -27,6 +27,7 @@ use crate::domain::{
 };
 use crate::error::ApprovalError;
 use crate::events::{self, EventBus};
+use crate::limits::RequestLimiter;
 use crate::metrics::Metrics;
 use crate::rules::{self, RuleVerdict, StandingRule};
 use crate::store::{DecisionWrite, InsertOutcome, ListQuery, Store};
@@ -122,6 +123,7 @@ struct Inner {
     upstream: Option<Arc<Upstream>>,
     /// One outbox flush at a time, so reports go upstream in order and once.
     outbox_flush: Mutex<()>,
+    limiter: RequestLimiter,
 }
 
 /// See the module docs. Cheap to clone.
@@ -160,6 +162,7 @@ impl ToolApprovalForwarder {
             }
         }
         let upstream = Upstream::from_config(&config.assistant)?.map(Arc::new);
+        let limiter = RequestLimiter::new(&config.limits);
         Ok(Self {
             inner: Arc::new(Inner {
                 directory: Directory::new(config.clone()),
@@ -175,6 +178,7 @@ impl ToolApprovalForwarder {
                 standing: RwLock::new(Vec::new()),
                 upstream,
                 outbox_flush: Mutex::new(()),
+                limiter,
             }),
         })
     }
@@ -252,6 +256,15 @@ impl ToolApprovalForwarder {
                 .map_err(|e| anyhow::anyhow!("channel {name} failed to start: {e}"))?;
         }
         self.spawn_upstream_health();
+        if self.inner.limiter.is_active() {
+            let engine = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(Duration::from_secs(60)).await;
+                    engine.inner.limiter.housekeeping();
+                }
+            });
+        }
         Ok(())
     }
 
@@ -264,7 +277,8 @@ impl ToolApprovalForwarder {
         new: NewRequest,
         caller: &Caller,
     ) -> Result<ApprovalRecord, ApprovalError> {
-        self.request_with(new, caller, None).await
+        let fold = self.inner.config.limits.fold_identical;
+        self.request_with(new, caller, None, fold).await
     }
 
     /// [`Self::request`], with a verdict already reached by a policy outside the engine (the
@@ -275,10 +289,30 @@ impl ToolApprovalForwarder {
         new: NewRequest,
         caller: &Caller,
         preset: Option<PresetVerdict>,
+        fold: bool,
     ) -> Result<ApprovalRecord, ApprovalError> {
+        self.check_rate(&new, caller).await?;
         let req = self.build_request(new, caller)?;
-        match self.inner.store.insert_request(&req).await? {
+        let fold_key = fold.then(|| req.fold_key());
+        match self
+            .inner
+            .store
+            .insert_request(&req, fold_key.as_deref())
+            .await?
+        {
             InsertOutcome::Inserted => {}
+            InsertOutcome::Folded(pending) => {
+                // The same ask is already waiting for people: wait on that one, no new prompt.
+                self.inner.metrics.folded.inc();
+                self.audit(
+                    AuditEntry::new(AuditEvent::Folded, Some(&pending.request.id)).detail(
+                        json!({ "token": caller.token_name, "agent_id": req.agent_id,
+                                "session_key": req.session_key, "asked_id": req.id }),
+                    ),
+                )
+                .await;
+                return Ok(*pending);
+            }
             InsertOutcome::Exists(existing) => {
                 // A caller retrying with its own id gets the same request back, never a
                 // second prompt; the same id with other content is refused.
@@ -367,6 +401,41 @@ impl ToolApprovalForwarder {
             );
         }
         Ok(rec)
+    }
+
+    /// Refuse a request over its token's, agent's or session's rate (audited once a window).
+    async fn check_rate(&self, new: &NewRequest, caller: &Caller) -> Result<(), ApprovalError> {
+        let limiter = &self.inner.limiter;
+        if !limiter.is_active() {
+            return Ok(());
+        }
+        let Err(limited) = limiter.check(
+            &caller.token_name,
+            new.agent_id.as_deref(),
+            new.session_key.as_deref(),
+        ) else {
+            return Ok(());
+        };
+        self.inner
+            .metrics
+            .rate_limited
+            .get_or_create(&vec![("scope", limited.scope.to_string())])
+            .inc();
+        if limiter.should_report(&limited) {
+            tracing::warn!(scope = limited.scope, key = %limited.key, "approval requests rate-limited");
+            self.audit(
+                AuditEntry::new(AuditEvent::RateLimited, None).detail(json!({
+                    "scope": limited.scope, "key": limited.key, "token": caller.token_name,
+                    "retry_after_ms": limited.retry_after.as_millis() as u64,
+                })),
+            )
+            .await;
+        }
+        Err(ApprovalError::RateLimited {
+            scope: limited.scope,
+            key: limited.key,
+            retry_after_ms: limited.retry_after.as_millis().max(1) as u64,
+        })
     }
 
     fn build_request(
@@ -515,7 +584,11 @@ impl ToolApprovalForwarder {
         }
         let ids = self.inner.store.ids_with_prefix(&given, 5).await?;
         match ids.as_slice() {
-            [] => Err(ApprovalError::UnknownId(given)),
+            [] => match self.inner.store.alias_target(&given).await? {
+                // An id folded into another request names that one.
+                Some(target) => Ok(target),
+                None => Err(ApprovalError::UnknownId(given)),
+            },
             [only] => Ok(only.clone()),
             many => {
                 if many.iter().any(|m| m == &given) {

@@ -45,6 +45,13 @@ pub enum ApprovalError {
     SelfApproval(String),
     #[error("{0}")]
     DuplicateId(String),
+    /// Too many requests for a token, agent or session.
+    #[error("too many approval requests for this {scope} ({key}); try again in {} s", retry_after_ms.div_ceil(1000))]
+    RateLimited {
+        scope: &'static str,
+        key: String,
+        retry_after_ms: u64,
+    },
     /// A task was asked to move where its lifecycle does not allow.
     #[error("{0}")]
     InvalidTransition(String),
@@ -70,6 +77,7 @@ impl ApprovalError {
             ApprovalError::SelfApproval(_) => "self_approval",
             ApprovalError::DuplicateId(_) => "duplicate_id",
             ApprovalError::InvalidTransition(_) => "invalid_transition",
+            ApprovalError::RateLimited { .. } => "rate_limited",
             ApprovalError::Internal(_) => "internal",
         }
     }
@@ -88,6 +96,7 @@ impl ApprovalError {
             ApprovalError::NotAnApprover(_) | ApprovalError::SelfApproval(_) => -32004,
             ApprovalError::DuplicateId(_) => -32005,
             ApprovalError::InvalidTransition(_) => -32006,
+            ApprovalError::RateLimited { .. } => -32007,
         }
     }
 
@@ -122,6 +131,7 @@ impl ApprovalError {
             | ApprovalError::DuplicateId(_)
             | ApprovalError::InvalidTransition(_) => StatusCode::CONFLICT,
             ApprovalError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApprovalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApprovalError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -143,6 +153,15 @@ impl ApprovalError {
             }
             ApprovalError::AmbiguousId { candidates, .. } => {
                 data["candidates"] = json!(candidates);
+            }
+            ApprovalError::RateLimited {
+                scope,
+                retry_after_ms,
+                ..
+            } => {
+                data["scope"] = json!(scope);
+                data["retry_after_ms"] = json!(retry_after_ms);
+                data["retry_after_seconds"] = json!(retry_after_ms.div_ceil(1000));
             }
             ApprovalError::Expired { id, expires_at } => {
                 data["id"] = json!(id);

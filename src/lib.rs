@@ -15,6 +15,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod limits;
 pub mod metrics;
 pub mod rules;
 pub mod server;

@@ -21,6 +21,10 @@ pub struct Metrics {
     /// 1 while the upstream assistant is unreachable.
     pub fallback: Gauge,
     pub task_transitions: Family<Labels, Counter>,
+    /// Approval requests refused by a rate limit, by scope.
+    pub rate_limited: Family<Labels, Counter>,
+    /// Identical requests folded into a pending one.
+    pub folded: Counter,
 }
 
 impl Default for Metrics {
@@ -72,7 +76,21 @@ impl Default for Metrics {
             "Task status changes, by new status",
             task_transitions.clone(),
         );
+        let rate_limited = Family::<Labels, Counter>::default();
+        let folded = Counter::default();
+        registry.register(
+            "rate_limited",
+            "Approval requests refused by a rate limit, by scope (token, agent, session)",
+            rate_limited.clone(),
+        );
+        registry.register(
+            "folded",
+            "Identical requests folded into a pending one instead of a second prompt",
+            folded.clone(),
+        );
         Self {
+            rate_limited,
+            folded,
             fallback,
             task_transitions,
             registry,

@@ -682,9 +682,13 @@ timeout_notice_targets = [{ channel = "chat-b", to = "C-oncall" }]
         }
     }
     assert!(saw_expired);
+    // The notice is audited once the platform has answered, a moment after it arrives there.
+    eventually("the timeout notice in the audit log", || async {
+        events_of(&s.audit(id).await).contains(&"timeout_notice".to_string())
+    })
+    .await;
     let audit = events_of(&s.audit(id).await);
     assert!(audit.contains(&"expired".to_string()), "{audit:?}");
-    assert!(audit.contains(&"timeout_notice".to_string()), "{audit:?}");
 
     let (kind, _) = s
         .error_kind(

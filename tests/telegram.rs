@@ -620,7 +620,7 @@ async fn rate_limits_and_server_errors_delay_prompts_but_lose_none() {
     // The next send is told to wait a second; two prompts queue up behind it.
     fake.fail_next("sendMessage", Fault::RetryAfter(1));
     for id in &ids[1..3] {
-        s.request(json!({ "id": id, "tool": "t", "command": "queued" }))
+        s.request(json!({ "id": id, "tool": "t", "command": format!("queued {id}") }))
             .await;
     }
     for id in &ids[1..3] {

@@ -436,7 +436,7 @@ async fn pending_view_shows_delivery_quorum_risk_and_only_the_allowed_buttons() 
 async fn history_filters_by_status_agent_tool_and_approver_and_shows_the_audit_trail() {
     let s = TestServer::start("", Vec::new()).await;
     let mk = |tool: &str, agent: &str, timeout: u64| {
-        json!({ "tool": tool, "command": format!("{tool} job"), "agent_id": agent,
+        json!({ "tool": tool, "command": format!("{tool} job within {timeout} ms"), "agent_id": agent,
                 "timeout_ms": timeout, "wait": false })
     };
     let deploy = s.request(mk("deploy", "ci-agent", 60_000)).await["id"]

@@ -63,16 +63,28 @@ fn error(e: ApprovalError) -> Response {
     if let ApprovalError::Internal(detail) = &e {
         tracing::error!(detail, "internal error answering the assistant protocol");
     }
-    (
-        e.rest_status(),
-        axum::Json(json!({
-            "success": false,
-            "error": e.to_string(),
-            "kind": e.kind(),
-            "timestamp": Utc::now(),
-        })),
-    )
-        .into_response()
+    let mut body = json!({
+        "success": false,
+        "error": e.to_string(),
+        "kind": e.kind(),
+        "timestamp": Utc::now(),
+    });
+    if let ApprovalError::RateLimited { retry_after_ms, .. } = &e {
+        // The protocol's own answer shape too, so a gateway that only reads `approved` and
+        // `retry_after_seconds` backs off.
+        let secs = retry_after_ms.div_ceil(1000);
+        body["approved"] = json!(false);
+        body["reason"] = json!(e.to_string());
+        body["constraints"] = Value::Null;
+        body["retry_after_seconds"] = json!(secs);
+        return (
+            e.rest_status(),
+            [(axum::http::header::RETRY_AFTER, secs.to_string())],
+            axum::Json(body),
+        )
+            .into_response();
+    }
+    (e.rest_status(), axum::Json(body)).into_response()
 }
 
 fn wrapped(data: Value) -> Response {

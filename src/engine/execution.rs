@@ -507,7 +507,8 @@ impl ToolApprovalForwarder {
         }
 
         let new = new_request_for(&approval_id, &body);
-        let approval = match self.request_with(new, caller, preset).await {
+        // Task ids are idempotent on their own; folding would mix two tasks' approvals.
+        let approval = match self.request_with(new, caller, preset, false).await {
             Ok(rec) => rec,
             // The same task id asked again with other details: the first one stands.
             Err(ApprovalError::DuplicateId(_)) => self.load(&approval_id).await?,

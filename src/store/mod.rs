@@ -50,6 +50,8 @@ pub enum InsertOutcome {
     Inserted,
     /// A request with this id already exists (as it is now).
     Exists(Box<ApprovalRecord>),
+    /// An identical request is pending (same fold key): this one was not stored.
+    Folded(Box<ApprovalRecord>),
 }
 
 /// The answer to recording a decision.
@@ -84,7 +86,14 @@ pub struct AuditQuery {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    async fn insert_request(&self, req: &ApprovalRequest) -> Result<InsertOutcome, StoreError>;
+    /// Store a new pending request. With a `fold_key`, an identical pending request (same
+    /// key, not past its deadline) takes its place, decided in the same statement as the insert
+    /// so two racing identical requests still make one.
+    async fn insert_request(
+        &self,
+        req: &ApprovalRequest,
+        fold_key: Option<&str>,
+    ) -> Result<InsertOutcome, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
     /// Just the status: a cheap check where the whole record is not needed.
     async fn status(&self, id: &str) -> Result<Option<Status>, StoreError>;
@@ -151,4 +160,6 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_peek(&self, limit: u32) -> Result<Vec<(i64, serde_json::Value)>, StoreError>;
     async fn outbox_remove(&self, seq: i64) -> Result<(), StoreError>;
     async fn outbox_len(&self) -> Result<u64, StoreError>;
+    /// The request an id was folded into, if it was.
+    async fn alias_target(&self, alias: &str) -> Result<Option<String>, StoreError>;
 }

@@ -144,30 +144,62 @@ async fn settle(
 
 #[async_trait]
 impl Store for SqliteStore {
-    async fn insert_request(&self, req: &ApprovalRequest) -> Result<InsertOutcome, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at)
-             VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(&req.id)
-        .bind(&req.tool)
-        .bind(&req.agent_id)
-        .bind(&req.session_key)
-        .bind(serde_json::to_string(req)?)
-        .bind(ms(req.created_at))
-        .bind(ms(req.expires_at))
-        .execute(&self.writer)
-        .await?;
-        if done.rows_affected() == 1 {
-            return Ok(InsertOutcome::Inserted);
+    async fn insert_request(
+        &self,
+        req: &ApprovalRequest,
+        fold_key: Option<&str>,
+    ) -> Result<InsertOutcome, StoreError> {
+        let json = serde_json::to_string(req)?;
+        // Twice at most: an identical pending request may settle between the two statements.
+        for _ in 0..2 {
+            let done = sqlx::query(
+                "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key)
+                 SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                 WHERE ?8 IS NULL OR NOT EXISTS (
+                     SELECT 1 FROM approvals WHERE fold_key = ?8 AND status = 'pending' AND expires_at > ?9)
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(&req.id)
+            .bind(&req.tool)
+            .bind(&req.agent_id)
+            .bind(&req.session_key)
+            .bind(&json)
+            .bind(ms(req.created_at))
+            .bind(ms(req.expires_at))
+            .bind(fold_key)
+            .bind(ms(Utc::now()))
+            .execute(&self.writer)
+            .await?;
+            if done.rows_affected() == 1 {
+                return Ok(InsertOutcome::Inserted);
+            }
+            if let Some(existing) = self.get(&req.id).await? {
+                return Ok(InsertOutcome::Exists(Box::new(existing)));
+            }
+            let folded: Option<String> = sqlx::query_scalar(
+                "SELECT id FROM approvals WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2 LIMIT 1",
+            )
+            .bind(fold_key)
+            .bind(ms(Utc::now()))
+            .fetch_optional(&self.writer)
+            .await?;
+            if let Some(id) = folded
+                && let Some(rec) = self.get(&id).await?
+            {
+                sqlx::query(
+                    "INSERT INTO approval_aliases (alias, approval_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                )
+                .bind(&req.id)
+                .bind(&id)
+                .execute(&self.writer)
+                .await?;
+                return Ok(InsertOutcome::Folded(Box::new(rec)));
+            }
         }
-        match self.get(&req.id).await? {
-            Some(existing) => Ok(InsertOutcome::Exists(Box::new(existing))),
-            None => Err(StoreError(format!(
-                "insert of {} conflicted but no row is there",
-                req.id
-            ))),
-        }
+        Err(StoreError(format!(
+            "insert of {} was neither stored nor folded",
+            req.id
+        )))
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
@@ -580,6 +612,15 @@ impl Store for SqliteStore {
             .execute(&self.writer)
             .await?;
         Ok(())
+    }
+
+    async fn alias_target(&self, alias: &str) -> Result<Option<String>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT approval_id FROM approval_aliases WHERE alias = ?1")
+                .bind(alias)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
     }
 
     async fn outbox_len(&self) -> Result<u64, StoreError> {

@@ -124,6 +124,8 @@ struct Inner {
     /// One outbox flush at a time, so reports go upstream in order and once.
     outbox_flush: Mutex<()>,
     limiter: RequestLimiter,
+    /// Set once the server stops: blocked waiters answer `shutting_down` at once.
+    shutting_down: watch::Sender<bool>,
 }
 
 /// See the module docs. Cheap to clone.
@@ -179,6 +181,7 @@ impl ToolApprovalForwarder {
                 upstream,
                 outbox_flush: Mutex::new(()),
                 limiter,
+                shutting_down: watch::channel(false).0,
             }),
         })
     }
@@ -191,6 +194,16 @@ impl ToolApprovalForwarder {
             .into_iter()
             .map(|n| self.inner.channels[n].clone())
             .collect()
+    }
+
+    /// Tell every blocked waiter and stream client that the server is stopping.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.send_replace(true);
+    }
+
+    /// Becomes true when the server starts stopping (WebSocket and SSE loops watch it).
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.inner.shutting_down.subscribe()
     }
 
     pub fn config(&self) -> &Config {
@@ -539,9 +552,16 @@ impl ToolApprovalForwarder {
             .unwrap_or_default()
             + Duration::from_secs(5);
         let limit = timeout.map_or(until_expiry, |t| t.min(until_expiry));
-        let settled = match tokio::time::timeout(limit, rx.wait_for(|v| v.is_some())).await {
-            Ok(Ok(v)) => v.clone(),
-            _ => None,
+        let mut stopping = self.inner.shutting_down.subscribe();
+        let settled = tokio::select! {
+            waited = tokio::time::timeout(limit, rx.wait_for(|v| v.is_some())) => match waited {
+                Ok(Ok(v)) => v.clone(),
+                _ => None,
+            },
+            _ = stopping.wait_for(|s| *s) => {
+                // The request stays pending in the store; the caller picks it up again.
+                return Err(ApprovalError::ShuttingDown { id });
+            }
         };
         match settled {
             Some(rec) => Ok((*rec).clone()),

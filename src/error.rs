@@ -52,6 +52,12 @@ pub enum ApprovalError {
         key: String,
         retry_after_ms: u64,
     },
+    /// The server is stopping while the caller waited; the request is still pending.
+    #[error("approvald is shutting down; reconnect and call tool.approval.wait with id {id}")]
+    ShuttingDown { id: String },
+    /// Too many WebSocket and event-stream clients at once.
+    #[error("too many streaming clients are connected (limit {limit}); try again later")]
+    TooManyClients { limit: usize },
     /// A task was asked to move where its lifecycle does not allow.
     #[error("{0}")]
     InvalidTransition(String),
@@ -78,6 +84,8 @@ impl ApprovalError {
             ApprovalError::DuplicateId(_) => "duplicate_id",
             ApprovalError::InvalidTransition(_) => "invalid_transition",
             ApprovalError::RateLimited { .. } => "rate_limited",
+            ApprovalError::ShuttingDown { .. } => "shutting_down",
+            ApprovalError::TooManyClients { .. } => "too_many_clients",
             ApprovalError::Internal(_) => "internal",
         }
     }
@@ -97,6 +105,7 @@ impl ApprovalError {
             ApprovalError::DuplicateId(_) => -32005,
             ApprovalError::InvalidTransition(_) => -32006,
             ApprovalError::RateLimited { .. } => -32007,
+            ApprovalError::ShuttingDown { .. } | ApprovalError::TooManyClients { .. } => -32008,
         }
     }
 
@@ -107,6 +116,7 @@ impl ApprovalError {
             ApprovalError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApprovalError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApprovalError::Parse(_) | ApprovalError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            ApprovalError::TooManyClients { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ApprovalError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             _ => StatusCode::OK,
         }
@@ -132,6 +142,9 @@ impl ApprovalError {
             | ApprovalError::InvalidTransition(_) => StatusCode::CONFLICT,
             ApprovalError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApprovalError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApprovalError::ShuttingDown { .. } | ApprovalError::TooManyClients { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApprovalError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -162,6 +175,10 @@ impl ApprovalError {
                 data["scope"] = json!(scope);
                 data["retry_after_ms"] = json!(retry_after_ms);
                 data["retry_after_seconds"] = json!(retry_after_ms.div_ceil(1000));
+            }
+            ApprovalError::ShuttingDown { id } => {
+                data["id"] = json!(id);
+                data["reconnect"] = json!(true);
             }
             ApprovalError::Expired { id, expires_at } => {
                 data["id"] = json!(id);

@@ -4,7 +4,12 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use approvald_channel::{Channel, InboundSink};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppContext};
@@ -92,14 +97,24 @@ impl BoundServer {
     }
 
     /// Serve until `shutdown` resolves, then finish in-flight requests.
+    ///
+    /// Connections are served by hyper directly (not `axum::serve`) for the limits a public
+    /// endpoint needs: a client must send each request's headers within
+    /// `server.header_timeout_ms` (slow-loris, and idle keep-alive connections), and on
+    /// shutdown every connection is drained gracefully. Callers blocked waiting for a decision
+    /// are answered `shutting_down` at once (reconnect, then `tool.approval.wait`); WebSocket
+    /// clients get an `approvald.shutdown` notification and a close frame.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
+        let server = &self.engine.config().server;
         let ctx = AppContext {
-            max_body_bytes: self.engine.config().server.max_body_bytes,
+            max_body_bytes: server.max_body_bytes,
             engine: self.engine.clone(),
+            stream_slots: Arc::new(tokio::sync::Semaphore::new(server.max_stream_clients)),
         };
+        let header_timeout = Duration::from_millis(server.header_timeout_ms);
         let mut router = api::router(ctx);
         // Webhook receivers (Slack, Discord, Telegram) live on the same listener.
         let sink: Arc<dyn InboundSink> = Arc::new(self.engine.clone());
@@ -108,24 +123,47 @@ impl BoundServer {
                 router = router.merge(routes);
             }
         }
-        let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
-        let serve = axum::serve(self.listener, router).with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = stopping_tx.send(());
-        });
-        // Callers blocked in a long wait would hold shutdown open for minutes: give in-flight
-        // work a grace period, then stop. Their requests stay pending in the store, and they
-        // get their answer with `tool.approval.wait` after reconnecting.
-        let grace = async {
-            if stopping_rx.await.is_ok() {
-                tokio::time::sleep(SHUTDOWN_GRACE).await;
-            } else {
-                std::future::pending::<()>().await;
-            }
-        };
+        let mut http =
+            hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+        http.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_timeout)
+            .keep_alive(true);
+        let graceful = GracefulShutdown::new();
+        let mut shutdown = std::pin::pin!(shutdown);
+        loop {
+            let (stream, _peer) = tokio::select! {
+                accepted = self.listener.accept() => match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: wait a moment, keep serving.
+                        tracing::warn!(error = %e, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let service = TowerToHyperService::new(router.clone());
+            let conn = http
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .into_owned();
+            let conn = graceful.watch(conn);
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+            });
+        }
+        drop(self.listener);
+        // Answer every blocked waiter now, so their connections can finish.
+        self.engine.begin_shutdown();
         tokio::select! {
-            result = serve => result?,
-            _ = grace => tracing::warn!("grace period over: closing connections still waiting; callers reconnect with tool.approval.wait"),
+            _ = graceful.shutdown() => {}
+            _ = tokio::time::sleep(SHUTDOWN_GRACE) => tracing::warn!(
+                "grace period over: closing connections still open; callers reconnect with tool.approval.wait"
+            ),
         }
         Ok(())
     }

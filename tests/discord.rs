@@ -539,12 +539,12 @@ async fn forged_stale_replayed_and_unsigned_interactions_get_401_and_change_noth
         (
             "stale timestamp",
             body.clone(),
-            sig(&d.key, now - 301, &body),
+            sig(&d.key, now - 400, &body),
         ),
         (
             "future timestamp",
             body.clone(),
-            sig(&d.key, now + 301, &body),
+            sig(&d.key, now + 400, &body),
         ),
         (
             "garbage signature",

@@ -28,6 +28,20 @@ pub use rpc::handle_message;
 pub struct AppContext {
     pub engine: ToolApprovalForwarder,
     pub max_body_bytes: usize,
+    /// One permit per WebSocket or SSE client (`server.max_stream_clients`).
+    pub stream_slots: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+impl AppContext {
+    /// A slot for one more streaming client, or the error to answer with.
+    pub fn stream_slot(&self) -> Result<tokio::sync::OwnedSemaphorePermit, ApprovalError> {
+        self.stream_slots
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| ApprovalError::TooManyClients {
+                limit: self.engine.config().server.max_stream_clients,
+            })
+    }
 }
 
 /// The whole router.

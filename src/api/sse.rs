@@ -30,16 +30,26 @@ pub async fn events(
     {
         return error_response(&e, serde_json::Value::Null);
     }
-    let stream =
-        BroadcastStream::new(ctx.engine.events().subscribe()).filter_map(|item| async move {
+    let slot = match ctx.stream_slot() {
+        Ok(slot) => slot,
+        Err(e) => return error_response(&e, serde_json::Value::Null),
+    };
+    let mut stopping = ctx.engine.shutdown_signal();
+    let stream = BroadcastStream::new(ctx.engine.events().subscribe())
+        .take_until(async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        })
+        .map(move |item| {
+            // The slot is held for as long as the stream lives.
+            let _held = &slot;
             match item {
-                Ok(ev) => Some(Ok::<_, Infallible>(
+                Ok(ev) => Ok::<_, Infallible>(
                     SseEvent::default()
                         .event(ev.method)
                         .data(ev.params.to_string()),
-                )),
+                ),
                 // A slow reader missed events; tell it so it can refetch.
-                Err(_) => Some(Ok(SseEvent::default().event("approvald.lagged").data("{}"))),
+                Err(_) => Ok(SseEvent::default().event("approvald.lagged").data("{}")),
             }
         });
     Sse::new(stream)

@@ -22,18 +22,36 @@ pub async fn upgrade(
         Ok(c) => c,
         Err(e) => return rpc::error_response(&e, serde_json::Value::Null),
     };
+    let slot = match ctx.stream_slot() {
+        Ok(slot) => slot,
+        Err(e) => return rpc::error_response(&e, serde_json::Value::Null),
+    };
     let limit = ctx.max_body_bytes;
     ws.max_message_size(limit)
-        .on_upgrade(move |socket| serve(ctx, caller, socket))
+        .on_upgrade(move |socket| serve(ctx, caller, socket, slot))
 }
 
-async fn serve(ctx: AppContext, caller: Caller, socket: WebSocket) {
+async fn serve(
+    ctx: AppContext,
+    caller: Caller,
+    socket: WebSocket,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<String>(256);
     let mut events = ctx.engine.events().subscribe();
+    let mut stopping = ctx.engine.shutdown_signal();
     let writer = tokio::spawn(async move {
         loop {
             tokio::select! {
+                _ = async { let _ = stopping.wait_for(|s| *s).await; } => {
+                    // Pending requests stay in the store: reconnect and wait on them again.
+                    let note = json!({ "jsonrpc": "2.0", "method": "approvald.shutdown",
+                                       "params": { "reconnect": true } });
+                    let _ = sink.send(Message::Text(note.to_string().into())).await;
+                    let _ = sink.send(Message::Close(None)).await;
+                    break;
+                }
                 out = rx.recv() => match out {
                     Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { break },
                     None => break,

@@ -136,8 +136,18 @@ impl TestServer {
 
     /// Start on an existing data dir (to test restarts).
     pub async fn start_in(dir: &Path, extra: &str, channels: Vec<Arc<dyn Channel>>) -> Self {
+        Self::start_with_server(dir, "", extra, channels).await
+    }
+
+    /// Like `start_in`, with more keys for the `[server]` table (e.g. `max_stream_clients = 2`).
+    pub async fn start_with_server(
+        dir: &Path,
+        server: &str,
+        extra: &str,
+        channels: Vec<Arc<dyn Channel>>,
+    ) -> Self {
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n[storage]\ndata_dir = {:?}\n{BASE}\n{extra}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n{server}\n[storage]\ndata_dir = {:?}\n{BASE}\n{extra}",
             dir.display().to_string()
         );
         let config = Config::from_toml_str(&text).expect("test config is valid");

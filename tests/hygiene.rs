@@ -1,0 +1,140 @@
+//! Connection hygiene: a client that never finishes its headers is cut off, streaming clients
+//! are capped, and shutdown answers blocked callers at once (`shutting_down`, reconnect) and
+//! tells WebSocket clients, while their requests stay pending for after the restart.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use serde_json::{Value, json};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+fn addr(s: &TestServer) -> String {
+    s.url.trim_start_matches("http://").to_string()
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with_server(dir.path(), "header_timeout_ms = 300", "", vec![]).await;
+    let mut slow = tokio::net::TcpStream::connect(addr(&s)).await.unwrap();
+    slow.write_all(b"POST /rpc HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 512];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the server closes the connection in time");
+    let n = read.unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 408"),
+        "closed or 408, got {answer:?}"
+    );
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    // Everyone else is served as usual.
+    let r = s.request(json!({ "tool": "t", "command": "x" })).await;
+    assert_eq!(r["status"], "pending");
+}
+
+#[tokio::test]
+async fn streaming_clients_are_capped_and_a_freed_slot_is_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with_server(dir.path(), "max_stream_clients = 2", "", vec![]).await;
+    let open = || async {
+        s.http()
+            .get(format!("{}/events", s.url))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap()
+    };
+    let first = open().await;
+    let second = open().await;
+    assert_eq!(
+        (first.status().as_u16(), second.status().as_u16()),
+        (200, 200)
+    );
+    let third = open().await;
+    assert_eq!(third.status(), 503);
+    let body: Value = third.json().await.unwrap();
+    assert_eq!(body["error"]["data"]["kind"], "too_many_clients");
+    // The WebSocket shares the cap.
+    let mut req = format!("{}/rpc/ws", s.url.replace("http", "ws"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {GATEWAY}").parse().unwrap(),
+    );
+    assert!(tokio_tungstenite::connect_async(req.clone()).await.is_err());
+
+    drop(first);
+    eventually("a slot is free again", || async {
+        open().await.status() == 200
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn shutdown_answers_blocked_callers_at_once_and_their_requests_stay_pending() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_in(dir.path(), "", vec![]).await;
+    let r = s
+        .request(json!({ "tool": "shell", "command": "deploy" }))
+        .await;
+    let id = r["id"].as_str().unwrap().to_string();
+    let blocked = s.spawn_wait(&id);
+
+    let mut req = format!("{}/rpc/ws", s.url.replace("http", "ws"))
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {GATEWAY}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let started = Instant::now();
+    s.stop();
+    let answer = tokio::time::timeout(Duration::from_secs(3), blocked)
+        .await
+        .expect("the blocked caller is answered before the grace period")
+        .unwrap();
+    assert_eq!(answer["error"]["data"]["kind"], "shutting_down", "{answer}");
+    assert_eq!(answer["error"]["data"]["id"], id.as_str());
+    assert_eq!(answer["error"]["data"]["reconnect"], true);
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let note = loop {
+        let msg = tokio::time::timeout(Duration::from_secs(3), ws.next())
+            .await
+            .expect("the WebSocket client is told")
+            .expect("a message")
+            .unwrap();
+        if let Ok(text) = msg.to_text()
+            && let Ok(v) = serde_json::from_str::<Value>(text)
+            && v["method"] == "approvald.shutdown"
+        {
+            break v;
+        }
+    };
+    assert_eq!(note["params"]["reconnect"], true);
+    drop(s);
+
+    // After the restart the request is still pending and decidable.
+    let s = TestServer::start_in(dir.path(), "", vec![]).await;
+    assert_eq!(s.get(&id).await["status"], "pending");
+    let waiter = s.spawn_wait(&id);
+    s.call(
+        ALICE,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "approve-once" }),
+    )
+    .await;
+    assert_eq!(waiter.await.unwrap()["result"]["status"], "approved");
+}

@@ -1397,6 +1397,17 @@ impl ToolApprovalForwarder {
         }
     }
 
+    /// A control UI form refused before anyone could be identified (no or expired session, a
+    /// missing CSRF token, another site): audited, so operators see the attempt.
+    pub async fn audit_refused_form(&self, given_id: &str, why: &str) {
+        let id = self.resolve_id(given_id).await.ok();
+        let mut entry = AuditEntry::new(AuditEvent::Refused, id.as_deref()).detail(json!({
+            "kind": "form_refused", "why": why,
+        }));
+        entry.transport = Some(Transport::ControlUi);
+        self.audit(entry).await;
+    }
+
     /// Revoke a standing rule (by id or unique prefix).
     pub async fn revoke_rule(
         &self,

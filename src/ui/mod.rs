@@ -241,6 +241,22 @@ impl UiContext {
         Ok(viewer)
     }
 
+    /// [`Self::form_viewer`] for a form about one request: a refusal is audited on it.
+    async fn form_viewer_for(
+        &self,
+        headers: &HeaderMap,
+        csrf: &str,
+        id: &str,
+    ) -> Result<Viewer, UiError> {
+        match self.form_viewer(headers, csrf) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                self.engine.audit_refused_form(id, &e.message()).await;
+                Err(e)
+            }
+        }
+    }
+
     fn render(&self, name: &str, ctx: minijinja::Value) -> Result<Response, UiError> {
         let html = self
             .pages
@@ -537,7 +553,7 @@ async fn decide(
     Path(id): Path<String>,
     Form(form): Form<DecideForm>,
 ) -> Result<Response, UiError> {
-    let viewer = ctx.form_viewer(&headers, &form.csrf)?;
+    let viewer = ctx.form_viewer_for(&headers, &form.csrf, &id).await?;
     let wants_json = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -602,7 +618,7 @@ async fn abort(
     Path(id): Path<String>,
     Form(form): Form<AbortForm>,
 ) -> Result<Response, UiError> {
-    let viewer = ctx.form_viewer(&headers, &form.csrf)?;
+    let viewer = ctx.form_viewer_for(&headers, &form.csrf, &id).await?;
     let reason: String = form.reason.trim().chars().take(MAX_REASON_CHARS).collect();
     let actor = Actor::ControlUi {
         person: viewer.person.name.clone(),

@@ -63,7 +63,13 @@ async fn ready(url: &str) {
 }
 
 /// One call that may fail because the server died: `None` then.
-async fn try_rpc(http: &reqwest::Client, url: &str, token: &str, method: &str, params: Value) -> Option<Value> {
+async fn try_rpc(
+    http: &reqwest::Client,
+    url: &str,
+    token: &str,
+    method: &str,
+    params: Value,
+) -> Option<Value> {
     let body = json!({ "jsonrpc": "2.0", "id": 1, "method": method, "params": params });
     let resp = http
         .post(format!("{url}/rpc"))
@@ -113,7 +119,10 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
         .await;
     let mut ids = vec![String::new(); PENDING + SHORT];
     for (i, r) in created {
-        ids[i] = r["result"]["id"].as_str().expect("acknowledged").to_string();
+        ids[i] = r["result"]["id"]
+            .as_str()
+            .expect("acknowledged")
+            .to_string();
     }
 
     // Callers blocked on some of them, as a gateway would be.
@@ -129,8 +138,14 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
                 .for_each_concurrent(8, |id| {
                     let (http, url, acked) = (http.clone(), url.clone(), acked.clone());
                     async move {
-                        let r = try_rpc(&http, &url, ALICE, "tool.approval.resolve",
-                            json!({ "id": id, "decision": "approve-once" })).await;
+                        let r = try_rpc(
+                            &http,
+                            &url,
+                            ALICE,
+                            "tool.approval.resolve",
+                            json!({ "id": id, "decision": "approve-once" }),
+                        )
+                        .await;
                         if let Some(r) = r
                             && r["result"]["status"] == "approved"
                         {
@@ -143,13 +158,19 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
     };
     let until = tokio::time::Instant::now() + Duration::from_secs(60);
     while acked.lock().unwrap().len() < 100 {
-        assert!(tokio::time::Instant::now() < until, "resolutions are acknowledged");
+        assert!(
+            tokio::time::Instant::now() < until,
+            "resolutions are acknowledged"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     daemon.kill9();
     let _ = resolver.await;
     let acked: Vec<String> = acked.lock().unwrap().clone();
-    assert!(acked.len() < 800, "the kill landed while resolutions were in flight");
+    assert!(
+        acked.len() < 800,
+        "the kill landed while resolutions were in flight"
+    );
 
     let _daemon = Daemon::start(&config);
     ready(&url).await;
@@ -160,7 +181,10 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
         let r = try_rpc(&http, &url, ADMIN, "tool.approval.get", json!({ "id": id }))
             .await
             .unwrap();
-        let status = r["result"]["status"].as_str().unwrap_or("missing").to_string();
+        let status = r["result"]["status"]
+            .as_str()
+            .unwrap_or("missing")
+            .to_string();
         let approvals = r["result"]["approvals"].as_array().map_or(0, |a| a.len());
         match status.as_str() {
             "approved" => {
@@ -169,22 +193,41 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
             }
             "pending" => {
                 assert_eq!(approvals, 0, "{id}");
-                assert!(!acked.contains(id), "{id}: acknowledged as approved, found pending");
+                assert!(
+                    !acked.contains(id),
+                    "{id}: acknowledged as approved, found pending"
+                );
             }
             other => panic!("{id} is {other}"),
         }
     }
-    assert!(approved >= acked.len(), "{approved} approved, {} acknowledged", acked.len());
-    let again = try_rpc(&http, &url, BOB, "tool.approval.resolve", json!({ "id": acked[0], "decision": "deny" }))
-        .await
-        .unwrap();
+    assert!(
+        approved >= acked.len(),
+        "{approved} approved, {} acknowledged",
+        acked.len()
+    );
+    let again = try_rpc(
+        &http,
+        &url,
+        BOB,
+        "tool.approval.resolve",
+        json!({ "id": acked[0], "decision": "deny" }),
+    )
+    .await
+    .unwrap();
     assert_eq!(again["error"]["data"]["kind"], "already_resolved");
 
     // The short ones expire after the restart, as timeouts.
     for id in &ids[PENDING..] {
-        let w = try_rpc(&http, &url, GATEWAY, "tool.approval.wait", json!({ "id": id, "timeout_ms": 15_000 }))
-            .await
-            .unwrap();
+        let w = try_rpc(
+            &http,
+            &url,
+            GATEWAY,
+            "tool.approval.wait",
+            json!({ "id": id, "timeout_ms": 15_000 }),
+        )
+        .await
+        .unwrap();
         assert_eq!(w["result"]["status"], "expired", "{w}");
         assert_eq!(w["result"]["decision"], "timeout");
     }
@@ -193,9 +236,15 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
     let waiters: Vec<_> = waiting.iter().map(|id| spawn_wait(&url, id)).collect();
     tokio::time::sleep(Duration::from_millis(200)).await;
     for id in &waiting {
-        let r = try_rpc(&http, &url, BOB, "tool.approval.resolve", json!({ "id": id, "decision": "deny", "reason": "after the crash" }))
-            .await
-            .unwrap();
+        let r = try_rpc(
+            &http,
+            &url,
+            BOB,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "deny", "reason": "after the crash" }),
+        )
+        .await
+        .unwrap();
         assert_eq!(r["result"]["status"], "denied", "{r}");
     }
     for w in waiters {

@@ -143,32 +143,76 @@ retry_base_ms = 10
     }
 
     // Requests delivered to all three platforms, and one whose Telegram send fails for good.
-    let a = rpc_at(&url, GATEWAY, "tool.approval.request", json!({ "tool": "shell", "command": "deploy", "wait": false })).await;
+    let a = rpc_at(
+        &url,
+        GATEWAY,
+        "tool.approval.request",
+        json!({ "tool": "shell", "command": "deploy", "wait": false }),
+    )
+    .await;
     seen.push_str(&a.to_string());
     telegram.fail_next("sendMessage", Fault::Server(500));
     telegram.fail_next("sendMessage", Fault::Server(500));
     telegram.fail_next("sendMessage", Fault::Server(500));
-    let b = rpc_at(&url, GATEWAY, "tool.approval.request", json!({ "tool": "shell", "command": "reboot", "wait": false, "timeout_ms": 1500 })).await;
+    let b = rpc_at(
+        &url,
+        GATEWAY,
+        "tool.approval.request",
+        json!({ "tool": "shell", "command": "reboot", "wait": false, "timeout_ms": 1500 }),
+    )
+    .await;
     seen.push_str(&b.to_string());
     let id = a["result"]["id"].as_str().unwrap().to_string();
-    let r = rpc_at(&url, ALICE, "tool.approval.resolve", json!({ "id": id, "decision": "approve-once" })).await;
+    let r = rpc_at(
+        &url,
+        ALICE,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "approve-once" }),
+    )
+    .await;
     seen.push_str(&r.to_string());
 
     // The assistant protocol with the upstream down (fallback), a report, the queue.
     for (path, body) in [
-        ("/api/approve", json!({ "task_id": "s-1", "task_type": "chat", "estimated_cost": 0.1 })),
-        ("/api/execution-report", json!({ "task_id": "s-1", "status": "completed" })),
+        (
+            "/api/approve",
+            json!({ "task_id": "s-1", "task_type": "chat", "estimated_cost": 0.1 }),
+        ),
+        (
+            "/api/execution-report",
+            json!({ "task_id": "s-1", "status": "completed" }),
+        ),
     ] {
-        let r = http.post(format!("{url}{path}")).bearer_auth(GATEWAY).json(&body).send().await.unwrap();
+        let r = http
+            .post(format!("{url}{path}"))
+            .bearer_auth(GATEWAY)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         seen.push_str(&r.text().await.unwrap());
     }
-    for path in ["/api/queue/status", "/api/approval/health", "/healthz", "/metrics"] {
-        let r = http.get(format!("{url}{path}")).bearer_auth(ADMIN).send().await.unwrap();
+    for path in [
+        "/api/queue/status",
+        "/api/approval/health",
+        "/healthz",
+        "/metrics",
+    ] {
+        let r = http
+            .get(format!("{url}{path}"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .unwrap();
         seen.push_str(&r.text().await.unwrap());
     }
 
     // Wrong and partial tokens, forged webhooks.
-    for token in ["gateway-token-2", "gateway-token", "Bearer gateway-token-1x"] {
+    for token in [
+        "gateway-token-2",
+        "gateway-token",
+        "Bearer gateway-token-1x",
+    ] {
         let r = rpc_at(&url, token, "tool.approval.list", json!({})).await;
         seen.push_str(&r.to_string());
     }
@@ -185,15 +229,39 @@ retry_base_ms = 10
     }
 
     // The control UI: sign in, look, sign out; a wrong UI token.
-    let ui = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let login = ui.post(format!("{url}/ui/login")).form(&[("token", "alice-ui-token-1")]).send().await.unwrap();
-    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let ui = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = ui
+        .post(format!("{url}/ui/login"))
+        .form(&[("token", "alice-ui-token-1")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_string();
     seen.push_str(&cookie);
     for path in ["/ui", "/ui/history", &format!("/ui/requests/{id}")] {
-        let r = ui.get(format!("{url}{path}")).header("cookie", &cookie).send().await.unwrap();
+        let r = ui
+            .get(format!("{url}{path}"))
+            .header("cookie", &cookie)
+            .send()
+            .await
+            .unwrap();
         seen.push_str(&r.text().await.unwrap());
     }
-    let wrong = ui.post(format!("{url}/ui/login")).form(&[("token", "alice-ui-token-2")]).send().await.unwrap();
+    let wrong = ui
+        .post(format!("{url}/ui/login"))
+        .form(&[("token", "alice-ui-token-2")])
+        .send()
+        .await
+        .unwrap();
     seen.push_str(&wrong.text().await.unwrap());
 
     // Let the short one expire (timeout notice) and the upstream probe fail a few times.
@@ -211,7 +279,10 @@ retry_base_ms = 10
     let _ = child.kill();
     let _ = child.wait();
     let logs = std::fs::read_to_string(&log_path).unwrap();
-    assert!(logs.contains("DEBUG") || logs.contains("INFO"), "debug logs were written");
+    assert!(
+        logs.contains("DEBUG") || logs.contains("INFO"),
+        "debug logs were written"
+    );
     let mut database = Vec::new();
     for entry in std::fs::read_dir(&data).unwrap() {
         database.extend(std::fs::read(entry.unwrap().path()).unwrap());
@@ -230,7 +301,13 @@ retry_base_ms = 10
         .iter()
         .filter_map(|e| e["event"].as_str())
         .collect();
-    for want in ["delivered", "delivery_failed", "resolved", "expired", "fallback"] {
+    for want in [
+        "delivered",
+        "delivery_failed",
+        "resolved",
+        "expired",
+        "fallback",
+    ] {
         assert!(events.contains(&want), "{want} in {events:?}");
     }
 }

@@ -132,7 +132,7 @@ async fn a_minute_of_mixed_traffic_has_no_errors_and_bounded_memory() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
-                let expiring = n % 10 == 0;
+                let expiring = n.is_multiple_of(10);
                 let timeout = if expiring { 300 } else { 30_000 };
                 let r = rpc_at(&url, GATEWAY, "tool.approval.request", json!({
                     "tool": "shell", "command": format!("job {worker}-{n}"), "timeout_ms": timeout,

@@ -307,10 +307,15 @@ impl ToolApprovalForwarder {
         self.check_rate(&new, caller).await?;
         let req = self.build_request(new, caller)?;
         let fold_key = fold.then(|| req.fold_key());
+        let requested = AuditEntry::new(AuditEvent::Requested, Some(&req.id)).detail(json!({
+            "tool": req.tool, "risk_class": req.risk_class, "agent_id": req.agent_id,
+            "session_key": req.session_key, "requester": req.requester,
+            "token": req.requested_via_token, "expires_at": req.expires_at,
+        }));
         match self
             .inner
             .store
-            .insert_request(&req, fold_key.as_deref())
+            .insert_request(&req, fold_key.as_deref(), std::slice::from_ref(&requested))
             .await?
         {
             InsertOutcome::Inserted => {}
@@ -346,14 +351,6 @@ impl ToolApprovalForwarder {
         self.inner
             .waiters
             .insert(id.clone(), watch::channel(None).0);
-        self.audit(
-            AuditEntry::new(AuditEvent::Requested, Some(&id)).detail(json!({
-                "tool": req.tool, "risk_class": req.risk_class, "agent_id": req.agent_id,
-                "session_key": req.session_key, "requester": req.requester,
-                "token": req.requested_via_token, "expires_at": req.expires_at,
-            })),
-        )
-        .await;
 
         if let Some(preset) = preset {
             let actor = ResolvedActor {
@@ -408,10 +405,25 @@ impl ToolApprovalForwarder {
             return self.load(&id).await;
         }
         if rec.delivered_to().is_empty() && self.inner.events.subscriber_count() == 0 {
-            tracing::warn!(
-                id = %id,
-                "no prompt was delivered and no UI/CLI client is watching: the request is recorded and visible in `approvald pending`"
-            );
+            // Once a minute at most: a busy gateway without channels would fill the log.
+            static LAST_WARNED: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+            let now = Utc::now().timestamp();
+            let last = LAST_WARNED.load(std::sync::atomic::Ordering::Relaxed);
+            if now - last >= 60
+                && LAST_WARNED
+                    .compare_exchange(
+                        last,
+                        now,
+                        std::sync::atomic::Ordering::Relaxed,
+                        std::sync::atomic::Ordering::Relaxed,
+                    )
+                    .is_ok()
+            {
+                tracing::warn!(
+                    id = %id,
+                    "no prompt was delivered and no UI/CLI client is watching: requests are recorded and visible in `approvald pending` (said once a minute)"
+                );
+            }
         }
         Ok(rec)
     }
@@ -541,6 +553,15 @@ impl ToolApprovalForwarder {
             .or_insert_with(|| watch::channel(None).0)
             .subscribe();
         let rec = self.load(&id).await?;
+        if rec.request.id != id {
+            // An alias or a task id: wait on the request it names.
+            drop(rx);
+            self.inner.waiters.remove_if(&id, |_, tx| {
+                tx.borrow().is_none() && tx.receiver_count() == 0
+            });
+            let real = rec.request.id.clone();
+            return Box::pin(self.wait(&real, timeout)).await;
+        }
         if rec.status != Status::Pending {
             self.inner.waiters.remove_if(&id, |_, tx| {
                 tx.borrow().is_none() && tx.receiver_count() <= 1
@@ -579,34 +600,59 @@ impl ToolApprovalForwarder {
     }
 
     async fn load(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
-        self.inner
-            .store
-            .get(id)
-            .await?
-            .ok_or_else(|| ApprovalError::UnknownId(id.to_string()))
+        if let Some(rec) = self.inner.store.get(id).await? {
+            return Ok(rec);
+        }
+        // Not a request's own id: an id folded into another request, or a task id.
+        let store = &self.inner.store;
+        let target = match store.alias_target(id).await? {
+            Some(t) => Some(t),
+            None => store.task_by_id(id).await?.map(|t| t.approval_id),
+        };
+        match target {
+            Some(t) if t != id => store
+                .get(&t)
+                .await?
+                .ok_or_else(|| ApprovalError::UnknownId(id.to_string())),
+            _ => Err(ApprovalError::UnknownId(id.to_string())),
+        }
     }
 
     /// A full id, the one id a prefix of at least 6 characters names, or a task's id.
     pub async fn resolve_id(&self, given: &str) -> Result<String, ApprovalError> {
         let trimmed = given.trim();
-        // A task id from the assistant protocol names its approval too.
-        if !trimmed.is_empty()
-            && trimmed.len() <= 256
-            && let Some(task) = self.inner.store.task_by_id(trimmed).await?
+        // A full id needs no lookup here (the hot path: callers and resolvers pass whole ids);
+        // `load` finds what it names, an alias or a task id included.
+        if let Ok(uuid) = uuid::Uuid::try_parse(trimmed)
+            && trimmed.len() == 36
         {
-            return Ok(task.approval_id);
+            return Ok(uuid.hyphenated().to_string());
         }
         let given = trimmed.to_ascii_lowercase();
+        // A task id from the assistant protocol names its approval too.
+        let task_id = || async {
+            if trimmed.is_empty() || trimmed.len() > 256 {
+                return Ok::<_, ApprovalError>(None);
+            }
+            Ok(self
+                .inner
+                .store
+                .task_by_id(trimmed)
+                .await?
+                .map(|t| t.approval_id))
+        };
         if given.len() < 6 || !given.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+            if let Some(id) = task_id().await? {
+                return Ok(id);
+            }
             return Err(ApprovalError::InvalidParams(format!(
                 "id {given:?} must be a full id or a prefix of at least 6 hex characters"
             )));
         }
         let ids = self.inner.store.ids_with_prefix(&given, 5).await?;
         match ids.as_slice() {
-            [] => match self.inner.store.alias_target(&given).await? {
-                // An id folded into another request names that one.
-                Some(target) => Ok(target),
+            [] => match task_id().await? {
+                Some(id) => Ok(id),
                 None => Err(ApprovalError::UnknownId(given)),
             },
             [only] => Ok(only.clone()),
@@ -630,6 +676,14 @@ impl ToolApprovalForwarder {
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
         let rec = self.load(&id).await?;
+        if rec.request.id != id {
+            // An alias or a task id: decide on the request it names, under its lock.
+            drop(_guard);
+            self.inner.locks.remove(&id);
+            let mut attempt = attempt;
+            attempt.id = rec.request.id.clone();
+            return Box::pin(self.resolve(attempt)).await;
+        }
         let actor = self.actor(&attempt.actor)?;
 
         let not_allowed = if !actor.authorised {
@@ -763,10 +817,20 @@ impl ToolApprovalForwarder {
         } else {
             actor.identity.approver_id.clone()
         };
+        // The decision's audit line, and the outcome's when it settles the request, are written
+        // in the same transaction as the decision.
+        let mut audits = vec![
+            AuditEntry::new(AuditEvent::Decision, Some(&id))
+                .actor(&actor.identity)
+                .detail(json!({ "decision": decision, "reason": reason })),
+        ];
+        if let Some(r) = &resolution {
+            audits.push(outcome_audit(&id, r));
+        }
         let write = self
             .inner
             .store
-            .record_decision(&id, &key, &approval, resolution.as_ref())
+            .record_decision(&id, &key, &approval, resolution.as_ref(), &audits)
             .await?;
         match write {
             DecisionWrite::Recorded => {}
@@ -776,12 +840,6 @@ impl ToolApprovalForwarder {
                 return Err(self.final_state_error(&now));
             }
         }
-        self.audit(
-            AuditEntry::new(AuditEvent::Decision, Some(&id))
-                .actor(&actor.identity)
-                .detail(json!({ "decision": decision, "reason": reason })),
-        )
-        .await;
         let rec = self.load(&id).await?;
         match resolution {
             Some(resolution) => {
@@ -921,19 +979,13 @@ impl ToolApprovalForwarder {
             .unwrap_or_default();
         m.time_to_decision.observe(elapsed.as_secs_f64());
 
-        let (event, method) = if resolution.verdict == Verdict::Timeout {
-            (AuditEvent::Expired, events::EXPIRED)
+        // The outcome's audit line was written with the outcome itself (`outcome_audit`).
+        let method = if resolution.verdict == Verdict::Timeout {
+            events::EXPIRED
         } else {
-            (AuditEvent::Resolved, events::RESOLVED)
+            events::RESOLVED
         };
         let kind = TemplateKind::outcome(rec.status);
-        let mut entry = AuditEntry::new(event, Some(&id)).detail(json!({
-            "verdict": resolution.verdict, "scope": resolution.scope, "reason": resolution.reason,
-        }));
-        if let Some(by) = &resolution.decided_by {
-            entry = entry.actor(by);
-        }
-        self.audit(entry).await;
         tracing::info!(id = %id, verdict = resolution.verdict.as_str(), by = ?resolution.decided_by.as_ref().map(|d| &d.approver_id), "approval resolved");
         self.inner.events.publish(method, result_json(&rec));
         self.edit_all(&rec, kind);
@@ -966,9 +1018,11 @@ impl ToolApprovalForwarder {
         let engine = self.clone();
         let key = id.to_string();
         let delay = (deadline - Utc::now()).to_std().unwrap_or_default();
+        // The expiry work is boxed so each waiting timer task stays small (a sleep and an
+        // id): with 100,000 pending requests its size is most of their memory.
         let handle = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            engine.expire(&key, true).await;
+            Box::pin(engine.expire(&key, true)).await;
         });
         if let Some(old) = self
             .inner
@@ -1001,7 +1055,12 @@ impl ToolApprovalForwarder {
             reason: Some("no decision before the deadline".into()),
             resolved_at: Utc::now(),
         };
-        match self.inner.store.resolve(id, &resolution).await {
+        match self
+            .inner
+            .store
+            .resolve(id, &resolution, &[outcome_audit(id, &resolution)])
+            .await
+        {
             Ok(true) => {}
             Ok(false) => return,
             Err(e) => {
@@ -1433,6 +1492,22 @@ impl ToolApprovalForwarder {
         .await;
         Ok(rule)
     }
+}
+
+/// The audit line of a request's outcome: resolved (with who) or expired.
+fn outcome_audit(id: &str, resolution: &Resolution) -> AuditEntry {
+    let event = if resolution.verdict == Verdict::Timeout {
+        AuditEvent::Expired
+    } else {
+        AuditEvent::Resolved
+    };
+    let mut entry = AuditEntry::new(event, Some(id)).detail(json!({
+        "verdict": resolution.verdict, "scope": resolution.scope, "reason": resolution.reason,
+    }));
+    if let Some(by) = &resolution.decided_by {
+        entry = entry.actor(by);
+    }
+    entry
 }
 
 fn identity_label(id: &ApproverIdentity) -> String {

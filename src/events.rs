@@ -1,6 +1,8 @@
 //! The live event stream: every request, progress, resolution and expiry, fanned out to
 //! WebSocket clients (as JSON-RPC notifications) and `/events` (as Server-Sent Events).
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -9,6 +11,12 @@ use tokio::sync::broadcast;
 pub struct Event {
     pub method: &'static str,
     pub params: serde_json::Value,
+    /// `params` as JSON text, serialised once for every SSE client.
+    #[serde(skip)]
+    pub params_text: Arc<str>,
+    /// The whole JSON-RPC notification, serialised once for every WebSocket client.
+    #[serde(skip)]
+    pub notification: Arc<str>,
 }
 
 pub const REQUESTED: &str = "tool.approval.requested";
@@ -44,7 +52,18 @@ impl Default for EventBus {
 impl EventBus {
     pub fn publish(&self, method: &'static str, params: serde_json::Value) {
         // No subscribers is fine: events are a live view, the store is the record.
-        let _ = self.tx.send(Event { method, params });
+        if self.tx.receiver_count() == 0 {
+            return;
+        }
+        let params_text: Arc<str> = params.to_string().into();
+        let notification: Arc<str> =
+            format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params_text}}}"#).into();
+        let _ = self.tx.send(Event {
+            method,
+            params,
+            params_text,
+            notification,
+        });
     }
 
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -46,7 +46,7 @@ pub async fn events(
                 Ok(ev) => Ok::<_, Infallible>(
                     SseEvent::default()
                         .event(ev.method)
-                        .data(ev.params.to_string()),
+                        .data(ev.params_text.as_ref()),
                 ),
                 // A slow reader missed events; tell it so it can refetch.
                 Err(_) => Ok(SseEvent::default().event("approvald.lagged").data("{}")),

@@ -58,8 +58,7 @@ async fn serve(
                 },
                 ev = events.recv() => match ev {
                     Ok(ev) => {
-                        let note = json!({ "jsonrpc": "2.0", "method": ev.method, "params": ev.params });
-                        if sink.send(Message::Text(note.to_string().into())).await.is_err() { break }
+                        if sink.send(Message::Text(ev.notification.as_ref().into())).await.is_err() { break }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => break,

@@ -93,6 +93,7 @@ pub trait Store: Send + Sync + 'static {
         &self,
         req: &ApprovalRequest,
         fold_key: Option<&str>,
+        audits: &[AuditEntry],
     ) -> Result<InsertOutcome, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
     /// Just the status: a cheap check where the whole record is not needed.
@@ -108,9 +109,16 @@ pub trait Store: Send + Sync + 'static {
         approver_key: &str,
         approval: &Approval,
         resolution: Option<&Resolution>,
+        audits: &[AuditEntry],
     ) -> Result<DecisionWrite, StoreError>;
     /// Resolve without a new decision (timeout). Compare-and-set: false if no longer pending.
-    async fn resolve(&self, id: &str, resolution: &Resolution) -> Result<bool, StoreError>;
+    /// `audits` are written with it, in the same transaction, only when it wins.
+    async fn resolve(
+        &self,
+        id: &str,
+        resolution: &Resolution,
+        audits: &[AuditEntry],
+    ) -> Result<bool, StoreError>;
     async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError>;
     /// The approval a delivered message belongs to (channel, chat and message id must match).
     async fn approval_for_message(

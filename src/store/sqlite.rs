@@ -30,6 +30,18 @@ macro_rules! task_status {
     };
 }
 
+/// The columns a whole record is read from, decisions and deliveries included as JSON arrays,
+/// so one query (not three) loads a request: reads are most of the work per request.
+macro_rules! record_columns {
+    () => {
+        "SELECT a.id, a.status, a.request_json, a.resolution_json, \
+         (SELECT json_group_array(json(approval_json)) FROM \
+             (SELECT approval_json FROM decisions WHERE approval_id = a.id ORDER BY seq)) AS approvals_json, \
+         (SELECT json_group_array(json(delivery_json)) FROM \
+             (SELECT delivery_json FROM deliveries WHERE approval_id = a.id ORDER BY seq)) AS deliveries_json"
+    };
+}
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// See the module docs.
@@ -94,24 +106,13 @@ impl SqliteStore {
     }
 
     async fn load(&self, row: sqlx::sqlite::SqliteRow) -> Result<ApprovalRecord, StoreError> {
-        let id: String = row.try_get("id")?;
         let status: String = row.try_get("status")?;
         let request: ApprovalRequest = serde_json::from_str(row.try_get("request_json")?)?;
         let resolution: Option<String> = row.try_get("resolution_json")?;
         let resolution: Option<Resolution> =
             resolution.map(|r| serde_json::from_str(&r)).transpose()?;
-        let approvals = self
-            .json_rows(
-                "SELECT approval_json FROM decisions WHERE approval_id = ?1 ORDER BY seq",
-                &id,
-            )
-            .await?;
-        let deliveries = self
-            .json_rows(
-                "SELECT delivery_json FROM deliveries WHERE approval_id = ?1 ORDER BY seq",
-                &id,
-            )
-            .await?;
+        let approvals = serde_json::from_str(row.try_get("approvals_json")?)?;
+        let deliveries = serde_json::from_str(row.try_get("deliveries_json")?)?;
         Ok(ApprovalRecord {
             request,
             status: Status::from_str(&status).map_err(StoreError)?,
@@ -142,16 +143,39 @@ async fn settle(
     Ok(updated.rows_affected() == 1)
 }
 
+/// Audit entries written in the caller's transaction, so a change and its audit line are
+/// durable together (and cost one commit, not two).
+async fn append_audits(
+    conn: &mut sqlx::SqliteConnection,
+    entries: &[AuditEntry],
+) -> Result<(), StoreError> {
+    for entry in entries {
+        sqlx::query(
+            "INSERT INTO audit (at, approval_id, event, transport, entry_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .bind(ms(entry.at))
+        .bind(&entry.approval_id)
+        .bind(entry.event.as_str())
+        .bind(entry.transport.map(|t| t.as_str()))
+        .bind(serde_json::to_string(entry)?)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_request(
         &self,
         req: &ApprovalRequest,
         fold_key: Option<&str>,
+        audits: &[AuditEntry],
     ) -> Result<InsertOutcome, StoreError> {
         let json = serde_json::to_string(req)?;
         // Twice at most: an identical pending request may settle between the two statements.
         for _ in 0..2 {
+            let mut tx = self.writer.begin().await?;
             let done = sqlx::query(
                 "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key)
                  SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8
@@ -168,11 +192,14 @@ impl Store for SqliteStore {
             .bind(ms(req.expires_at))
             .bind(fold_key)
             .bind(ms(Utc::now()))
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
+                append_audits(&mut tx, audits).await?;
+                tx.commit().await?;
                 return Ok(InsertOutcome::Inserted);
             }
+            tx.rollback().await?;
             if let Some(existing) = self.get(&req.id).await? {
                 return Ok(InsertOutcome::Exists(Box::new(existing)));
             }
@@ -203,9 +230,10 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        let row = sqlx::query(
-            "SELECT id, status, request_json, resolution_json FROM approvals WHERE id = ?1",
-        )
+        let row = sqlx::query(concat!(
+            record_columns!(),
+            " FROM approvals a WHERE id = ?1"
+        ))
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
@@ -243,9 +271,7 @@ impl Store for SqliteStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let mut sql = String::from(
-            "SELECT id, status, request_json, resolution_json FROM approvals WHERE 1 = 1",
-        );
+        let mut sql = String::from(concat!(record_columns!(), " FROM approvals a WHERE 1 = 1"));
         if q.status.is_some() {
             sql.push_str(" AND status = ?1");
         }
@@ -283,6 +309,7 @@ impl Store for SqliteStore {
         approver_key: &str,
         approval: &Approval,
         resolution: Option<&Resolution>,
+        audits: &[AuditEntry],
     ) -> Result<DecisionWrite, StoreError> {
         let mut tx = self.writer.begin().await?;
         let inserted = sqlx::query(
@@ -315,13 +342,25 @@ impl Store for SqliteStore {
             tx.rollback().await?;
             return Ok(DecisionWrite::NotPending);
         }
+        append_audits(&mut tx, audits).await?;
         tx.commit().await?;
         Ok(DecisionWrite::Recorded)
     }
 
-    async fn resolve(&self, id: &str, resolution: &Resolution) -> Result<bool, StoreError> {
-        let mut conn = self.writer.acquire().await?;
-        settle(&mut conn, id, resolution).await
+    async fn resolve(
+        &self,
+        id: &str,
+        resolution: &Resolution,
+        audits: &[AuditEntry],
+    ) -> Result<bool, StoreError> {
+        let mut tx = self.writer.begin().await?;
+        if !settle(&mut tx, id, resolution).await? {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        append_audits(&mut tx, audits).await?;
+        tx.commit().await?;
+        Ok(true)
     }
 
     async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError> {

@@ -255,10 +255,6 @@ impl ToolApprovalForwarder {
         self.inner.metrics.pending.set(pending.len() as i64);
         tracing::info!(pending = pending.len(), "re-arming expiry timers");
         for (id, deadline) in pending {
-            self.inner
-                .waiters
-                .entry(id.clone())
-                .or_insert_with(|| watch::channel(None).0);
             self.arm_timer(&id, deadline);
         }
         let sink: Arc<dyn InboundSink> = Arc::new(self.clone());
@@ -348,9 +344,7 @@ impl ToolApprovalForwarder {
         let req = &rec.request;
         self.inner.metrics.requests.inc();
         self.inner.metrics.pending.inc();
-        self.inner
-            .waiters
-            .insert(id.clone(), watch::channel(None).0);
+        // Waiters' channels are made when someone waits: most requests never need one.
 
         if let Some(preset) = preset {
             let actor = ResolvedActor {
@@ -400,8 +394,9 @@ impl ToolApprovalForwarder {
             .events
             .publish(events::REQUESTED, self.view_json(&rec));
         rec.deliveries = self.deliver_all(&rec).await;
-        if !self.inner.waiters.contains_key(&id) {
-            // Someone decided while the prompts were on their way: answer the outcome.
+        if !self.inner.timers.contains_key(&id) {
+            // Someone decided while the prompts were on their way (finishing stops the
+            // timer): answer the outcome.
             return self.load(&id).await;
         }
         if rec.delivered_to().is_empty() && self.inner.events.subscriber_count() == 0 {

@@ -180,7 +180,8 @@ impl Store for SqliteStore {
                 "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key)
                  SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8
                  WHERE ?8 IS NULL OR NOT EXISTS (
-                     SELECT 1 FROM approvals WHERE fold_key = ?8 AND status = 'pending' AND expires_at > ?9)
+                     SELECT 1 FROM approvals INDEXED BY approvals_fold
+                     WHERE fold_key = ?8 AND status = 'pending' AND expires_at > ?9)
                  ON CONFLICT (id) DO NOTHING",
             )
             .bind(&req.id)
@@ -204,7 +205,8 @@ impl Store for SqliteStore {
                 return Ok(InsertOutcome::Exists(Box::new(existing)));
             }
             let folded: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM approvals WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2 LIMIT 1",
+                "SELECT id FROM approvals INDEXED BY approvals_fold
+                 WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2 LIMIT 1",
             )
             .bind(fold_key)
             .bind(ms(Utc::now()))

@@ -6,8 +6,11 @@
 //! it stands after edits, records every call with its time, and sends rate-limit headers
 //! (`X-RateLimit-Limit/Remaining/Reset-After/Bucket`). A test can give routes a limit, and a
 //! client that ignores the headers then gets 429s as from the real API; it can also script
-//! faults for the next calls of an operation (429 with `retry_after`, global or not; 5xx) or
-//! for all of them, and mark channels the bot may not post in (403 Missing Access, 50001).
+//! faults for the next calls of an operation (429 with `retry_after`, global or not; 5xx; a
+//! connection reset; a request held past the client's timeout; a 200 whose body is not JSON;
+//! the work done but answered late) or for all of them, and mark channels the bot may not post
+//! in (403 Missing Access, 50001). Like Discord, it honours `enforce_nonce` on new messages: a
+//! second message with the same nonce is not created, the first one is answered instead.
 #![allow(dead_code)]
 // Handlers return ready answers as errors; their size does not matter in a test fake.
 #![allow(clippy::result_large_err)]
@@ -46,6 +49,17 @@ pub enum Fault {
     RateLimited { retry_after: f64, global: bool },
     /// A server error with Discord's JSON body.
     Status(u16),
+    /// The TCP connection is dropped (RST) without an answer; nothing is done.
+    Reset,
+    /// Held this long without an answer, nothing done, then the connection is dropped (the
+    /// client's timeout should be shorter).
+    Hang(Duration),
+    /// HTTP 200 with a body that is not JSON; nothing is done.
+    Garbage,
+    /// Carried out at once (a message is really created), answered only after this long: a
+    /// client that gave up and sends again makes a second message, unless it sent a nonce
+    /// with `enforce_nonce`.
+    SlowOk(Duration),
 }
 
 /// One recorded call.
@@ -57,8 +71,20 @@ pub struct Call {
     pub path: String,
     pub body: Value,
     pub at: Instant,
-    /// What the fake answered.
+    /// What the fake answered (0: nothing, the connection was dropped or held).
     pub status: u16,
+    /// The answer was held back ([`Fault::SlowOk`]): the work was done, but the client had
+    /// most likely given up waiting by the time it came.
+    pub late: bool,
+    /// The answer was 200 with a body that is not JSON ([`Fault::Garbage`]).
+    pub garbled: bool,
+}
+
+impl Call {
+    /// Discord did what was asked and the client got a readable success answer in time.
+    pub fn accepted(&self) -> bool {
+        (200..300).contains(&self.status) && !self.late && !self.garbled
+    }
 }
 
 #[derive(Default)]
@@ -79,6 +105,8 @@ struct Inner {
     buckets: HashMap<String, (u32, Instant)>,
     /// 429s the fake had to send because a client went over a limit it had announced.
     violations: usize,
+    /// Nonces of messages created with `enforce_nonce`, and the message each made.
+    nonces: HashMap<String, String>,
 }
 
 /// A running fake. Cheap to clone; the server lives as long as the test's runtime.
@@ -121,9 +149,11 @@ impl FakeDiscord {
             .await
             .expect("bind fake discord");
         let url = format!("http://{}", listener.local_addr().expect("addr"));
-        tokio::spawn(async move {
-            let _ = axum::serve(listener, app).await;
-        });
+        tokio::spawn(crate::support::serve_resettable(
+            listener,
+            app,
+            std::future::pending(),
+        ));
         Self { url, inner }
     }
 
@@ -213,7 +243,63 @@ fn discord_error(status: StatusCode, code: u64, message: &str) -> Response {
         .into_response()
 }
 
-/// Auth, faults and rate limits, common to every route. `Err` is the answer to send instead.
+type Kill = Option<axum::Extension<crate::support::ConnKill>>;
+
+/// A call the fake goes on to carry out.
+struct Admitted {
+    /// Rate-limit headers for the answer.
+    headers: HeaderMap,
+    /// Hold the answer this long ([`Fault::SlowOk`]).
+    late: Option<Duration>,
+}
+
+impl Admitted {
+    /// Send `answer`, after the hold if there is one.
+    async fn answer(self, answer: Response) -> Response {
+        if let Some(hold) = self.late {
+            tokio::time::sleep(hold).await;
+        }
+        answer
+    }
+}
+
+/// What to do instead of carrying out a call.
+enum Refusal {
+    Answer(Response),
+    Reset,
+    Hang(Duration),
+    Garbage,
+}
+
+impl Refusal {
+    async fn answer(self, kill: Kill) -> Response {
+        let drop_connection = |kill: Kill| async move {
+            match kill {
+                Some(axum::Extension(kill)) => {
+                    kill.reset();
+                    std::future::pending::<Response>().await
+                }
+                None => StatusCode::BAD_GATEWAY.into_response(),
+            }
+        };
+        match self {
+            Refusal::Answer(r) => r,
+            Refusal::Reset => drop_connection(kill).await,
+            Refusal::Hang(hold) => {
+                tokio::time::sleep(hold).await;
+                drop_connection(kill).await
+            }
+            Refusal::Garbage => (
+                StatusCode::OK,
+                [("content-type", "application/json")],
+                "{\"id\": \"13000",
+            )
+                .into_response(),
+        }
+    }
+}
+
+/// Auth, faults and rate limits, common to every route. `Err` is what to do instead.
 fn admit(
     inner: &Arc<Mutex<Inner>>,
     headers: &HeaderMap,
@@ -222,9 +308,9 @@ fn admit(
     path: &str,
     bucket: &str,
     body: &Value,
-) -> Result<HeaderMap, Response> {
+) -> Result<Admitted, Refusal> {
     let mut s = inner.lock().expect("fake discord state");
-    let record = |s: &mut Inner, status: u16| {
+    let record_as = |s: &mut Inner, status: u16, late: bool, garbled: bool| {
         s.calls.push(Call {
             op,
             method,
@@ -232,23 +318,30 @@ fn admit(
             body: body.clone(),
             at: Instant::now(),
             status,
+            late,
+            garbled,
         })
     };
+    let record = |s: &mut Inner, status: u16| record_as(s, status, false, false);
     let auth_ok = headers
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v == format!("Bot {BOT_TOKEN}"));
     if !auth_ok {
         record(&mut s, 401);
-        return Err(discord_error(
+        return Err(Refusal::Answer(discord_error(
             StatusCode::UNAUTHORIZED,
             0,
             "401: Unauthorized",
-        ));
+        )));
     }
     let fault = match s.next_faults.get_mut(&op).and_then(|q| q.pop_front()) {
         Some(f) => Some(f),
         None => s.always.get(&op).cloned(),
+    };
+    let late = match &fault {
+        Some(Fault::SlowOk(hold)) => Some(*hold),
+        _ => None,
     };
     match fault {
         Some(Fault::RateLimited {
@@ -256,18 +349,30 @@ fn admit(
             global,
         }) => {
             record(&mut s, 429);
-            return Err(rate_limited(retry_after, global, bucket));
+            return Err(Refusal::Answer(rate_limited(retry_after, global, bucket)));
         }
         Some(Fault::Status(code)) => {
             record(&mut s, code);
             let status = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-            return Err(discord_error(
+            return Err(Refusal::Answer(discord_error(
                 status,
                 0,
                 &format!("{code}: {}", status.canonical_reason().unwrap_or("Error")),
-            ));
+            )));
         }
-        None => {}
+        Some(Fault::Reset) => {
+            record(&mut s, 0);
+            return Err(Refusal::Reset);
+        }
+        Some(Fault::Hang(hold)) => {
+            record(&mut s, 0);
+            return Err(Refusal::Hang(hold));
+        }
+        Some(Fault::Garbage) => {
+            record_as(&mut s, 200, false, true);
+            return Err(Refusal::Garbage);
+        }
+        Some(Fault::SlowOk(_)) | None => {}
     }
     let mut limit_headers = HeaderMap::new();
     if let Some((limit, window)) = s.limit {
@@ -280,7 +385,11 @@ fn admit(
         if entry.0 >= limit {
             s.violations += 1;
             record(&mut s, 429);
-            return Err(rate_limited(reset_after.as_secs_f64(), false, bucket));
+            return Err(Refusal::Answer(rate_limited(
+                reset_after.as_secs_f64(),
+                false,
+                bucket,
+            )));
         }
         entry.0 += 1;
         let remaining = limit - entry.0;
@@ -302,8 +411,11 @@ fn admit(
             }
         }
     }
-    record(&mut s, 200);
-    Ok(limit_headers)
+    record_as(&mut s, 200, late.is_some(), false);
+    Ok(Admitted {
+        headers: limit_headers,
+        late,
+    })
 }
 
 fn rate_limited(retry_after: f64, global: bool, bucket: &str) -> Response {
@@ -396,6 +508,7 @@ fn check_message_body(body: &Value) -> Result<(), Response> {
 async fn create_message(
     State(inner): Shared,
     Path(channel): Path<String>,
+    kill: Kill,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -404,7 +517,7 @@ async fn create_message(
         Err(r) => return r,
     };
     let path = format!("/channels/{channel}/messages");
-    let limits = match admit(
+    let admitted = match admit(
         &inner,
         &headers,
         Op::CreateMessage,
@@ -413,21 +526,35 @@ async fn create_message(
         &format!("create:{channel}"),
         &body,
     ) {
-        Ok(h) => h,
-        Err(r) => return r,
+        Ok(a) => a,
+        Err(r) => return r.answer(kill).await,
     };
+    let answer = create(&inner, &channel, &body, admitted.headers.clone());
+    admitted.answer(answer).await
+}
+
+fn create(inner: &Arc<Mutex<Inner>>, channel: &str, body: &Value, limits: HeaderMap) -> Response {
     let mut s = inner.lock().expect("fake discord state");
-    if s.forbidden_channels.contains(&channel) {
+    if s.forbidden_channels.contains(channel) {
         if let Some(c) = s.calls.last_mut() {
             c.status = 403;
         }
         return discord_error(StatusCode::FORBIDDEN, 50001, "Missing Access");
     }
-    if let Err(r) = check_message_body(&body) {
+    if let Err(r) = check_message_body(body) {
         if let Some(c) = s.calls.last_mut() {
             c.status = 400;
         }
         return r;
+    }
+    // Discord: "if another message was created by the same author with the same nonce, that
+    // message will be returned and no new message will be created".
+    let nonce = (body["enforce_nonce"] == true && !body["nonce"].is_null())
+        .then(|| body["nonce"].to_string());
+    if let Some(n) = &nonce
+        && let Some(existing) = s.nonces.get(n).and_then(|id| s.messages.get(id))
+    {
+        return (limits, axum::Json(existing.clone())).into_response();
     }
     s.next_id += 1;
     let id = s.next_id.to_string();
@@ -440,6 +567,7 @@ async fn create_message(
         "embeds": body["embeds"].clone(),
         "components": body["components"].clone(),
         "allowed_mentions": body["allowed_mentions"].clone(),
+        "nonce": body["nonce"].clone(),
         "timestamp": "2025-01-01T00:00:00.000000+00:00",
         "edited_timestamp": null,
         "tts": false,
@@ -450,6 +578,9 @@ async fn create_message(
         "pinned": false,
         "flags": 0,
     });
+    if let Some(n) = nonce {
+        s.nonces.insert(n, id.clone());
+    }
     s.messages.insert(id, message.clone());
     (limits, axum::Json(message)).into_response()
 }
@@ -457,6 +588,7 @@ async fn create_message(
 async fn edit_message(
     State(inner): Shared,
     Path((channel, message_id)): Path<(String, String)>,
+    kill: Kill,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -465,7 +597,7 @@ async fn edit_message(
         Err(r) => return r,
     };
     let path = format!("/channels/{channel}/messages/{message_id}");
-    let limits = match admit(
+    let admitted = match admit(
         &inner,
         &headers,
         Op::EditMessage,
@@ -474,25 +606,42 @@ async fn edit_message(
         &format!("edit:{channel}"),
         &body,
     ) {
-        Ok(h) => h,
-        Err(r) => return r,
+        Ok(a) => a,
+        Err(r) => return r.answer(kill).await,
     };
+    let answer = edit(
+        &inner,
+        &channel,
+        &message_id,
+        &body,
+        admitted.headers.clone(),
+    );
+    admitted.answer(answer).await
+}
+
+fn edit(
+    inner: &Arc<Mutex<Inner>>,
+    channel: &str,
+    message_id: &str,
+    body: &Value,
+    limits: HeaderMap,
+) -> Response {
     let mut s = inner.lock().expect("fake discord state");
     let known = s
         .messages
-        .get(&message_id)
-        .is_some_and(|m| m["channel_id"] == channel.as_str());
+        .get(message_id)
+        .is_some_and(|m| m["channel_id"] == channel);
     if !known {
         if let Some(c) = s.calls.last_mut() {
             c.status = 404;
         }
         return discord_error(StatusCode::NOT_FOUND, 10008, "Unknown Message");
     }
-    if let Err(r) = check_message_body(&body) {
+    if let Err(r) = check_message_body(body) {
         return r;
     }
-    *s.edits.entry(message_id.clone()).or_default() += 1;
-    let Some(message) = s.messages.get_mut(&message_id) else {
+    *s.edits.entry(message_id.to_string()).or_default() += 1;
+    let Some(message) = s.messages.get_mut(message_id) else {
         return discord_error(StatusCode::NOT_FOUND, 10008, "Unknown Message");
     };
     for key in ["content", "embeds", "components", "allowed_mentions"] {
@@ -504,12 +653,12 @@ async fn edit_message(
     (limits, axum::Json(message.clone())).into_response()
 }
 
-async fn open_dm(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Response {
+async fn open_dm(State(inner): Shared, kill: Kill, headers: HeaderMap, body: Bytes) -> Response {
     let body = match parse_body(&body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let limits = match admit(
+    let admitted = match admit(
         &inner,
         &headers,
         Op::OpenDm,
@@ -518,8 +667,8 @@ async fn open_dm(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Respo
         "dm",
         &body,
     ) {
-        Ok(h) => h,
-        Err(r) => return r,
+        Ok(a) => a,
+        Err(r) => return r.answer(kill).await,
     };
     let Some(user) = body["recipient_id"].as_str().map(str::to_string) else {
         return discord_error(
@@ -528,24 +677,27 @@ async fn open_dm(State(inner): Shared, headers: HeaderMap, body: Bytes) -> Respo
             "Invalid Form Body: recipient_id",
         );
     };
-    let mut s = inner.lock().expect("fake discord state");
-    let channel = match s.dms.get(&user) {
-        Some(c) => c.clone(),
-        None => {
-            s.next_id += 1;
-            let c = s.next_id.to_string();
-            s.dms.insert(user.clone(), c.clone());
-            c
+    let channel = {
+        let mut s = inner.lock().expect("fake discord state");
+        match s.dms.get(&user) {
+            Some(c) => c.clone(),
+            None => {
+                s.next_id += 1;
+                let c = s.next_id.to_string();
+                s.dms.insert(user.clone(), c.clone());
+                c
+            }
         }
     };
-    (
-        limits,
+    let answer = (
+        admitted.headers.clone(),
         axum::Json(json!({
             "id": channel, "type": 1, "last_message_id": null, "flags": 0,
             "recipients": [{ "id": user, "username": format!("user{user}"), "discriminator": "0", "global_name": null, "avatar": null }],
         })),
     )
-        .into_response()
+        .into_response();
+    admitted.answer(answer).await
 }
 
 fn commands_answer(body: &Value) -> Value {
@@ -567,6 +719,7 @@ fn commands_answer(body: &Value) -> Value {
 async fn global_commands(
     State(inner): Shared,
     Path(app): Path<String>,
+    kill: Kill,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -584,14 +737,18 @@ async fn global_commands(
         "commands",
         &body,
     ) {
-        Ok(h) => (h, axum::Json(commands_answer(&body))).into_response(),
-        Err(r) => r,
+        Ok(a) => {
+            let answer = (a.headers.clone(), axum::Json(commands_answer(&body))).into_response();
+            a.answer(answer).await
+        }
+        Err(r) => r.answer(kill).await,
     }
 }
 
 async fn guild_commands(
     State(inner): Shared,
     Path((app, guild)): Path<(String, String)>,
+    kill: Kill,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -609,14 +766,18 @@ async fn guild_commands(
         &format!("commands:{guild}"),
         &body,
     ) {
-        Ok(h) => (h, axum::Json(commands_answer(&body))).into_response(),
-        Err(r) => r,
+        Ok(a) => {
+            let answer = (a.headers.clone(), axum::Json(commands_answer(&body))).into_response();
+            a.answer(answer).await
+        }
+        Err(r) => r.answer(kill).await,
     }
 }
 
 async fn interaction_callback(
     State(inner): Shared,
     Path((id, _token)): Path<(String, String)>,
+    kill: Kill,
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
@@ -634,7 +795,10 @@ async fn interaction_callback(
         "callback",
         &body,
     ) {
-        Ok(h) => (StatusCode::NO_CONTENT, h).into_response(),
-        Err(r) => r,
+        Ok(a) => {
+            let answer = (StatusCode::NO_CONTENT, a.headers.clone()).into_response();
+            a.answer(answer).await
+        }
+        Err(r) => r.answer(kill).await,
     }
 }

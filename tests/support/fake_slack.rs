@@ -3,7 +3,9 @@
 //! `response_url` and incoming-webhook endpoints, and a Socket Mode WebSocket
 //! (`apps.connections.open` answers its ws:// URL). It records every call with the time it
 //! arrived and answers like Slack does, including 429 with `Retry-After`, 5xx with a plain
-//! body, and error codes such as `channel_not_found`. Tests script faults per method.
+//! body, and error codes such as `channel_not_found`. Tests script faults per method, also
+//! transport ones: a connection reset, a request held past the client's timeout, a 200 whose
+//! body is not JSON, and a call carried out but answered late.
 #![allow(dead_code)]
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -28,7 +30,8 @@ pub struct Call {
     pub method: String,
     pub body: Value,
     pub at: Instant,
-    /// What the fake answered: `ok`, `ratelimited`, `http 503`, or a Slack error code.
+    /// What the fake answered: `ok`, `ratelimited`, `http 503`, or a Slack error code; for the
+    /// transport faults `reset`, `held` (no answer), `garbage`, `ok (late)`.
     pub outcome: String,
 }
 
@@ -41,6 +44,61 @@ pub enum Fault {
     Status(u16),
     /// HTTP 200 `{"ok": false, "error": code}`.
     Api(&'static str),
+    /// The TCP connection is dropped (RST) without an answer; nothing is done.
+    Reset,
+    /// Held this many milliseconds without an answer, nothing done, then the connection is
+    /// dropped (the client's timeout should be shorter).
+    Hang(u64),
+    /// HTTP 200 with a body that is not JSON; nothing is done.
+    Garbage,
+    /// Carried out at once (a message is really posted), answered only after this many
+    /// milliseconds: a client that gave up and posts again makes a second message.
+    SlowOk(u64),
+}
+
+/// No answer at all: reset the connection (when served by `serve_resettable`).
+async fn drop_connection(kill: Option<axum::Extension<crate::support::ConnKill>>) -> Response {
+    match kill {
+        Some(axum::Extension(kill)) => {
+            kill.reset();
+            std::future::pending::<Response>().await
+        }
+        None => StatusCode::BAD_GATEWAY.into_response(),
+    }
+}
+
+/// The transport faults, answered here; `None` for the others (and for `SlowOk`, which the
+/// handler carries out before holding its answer).
+async fn transport_fault(
+    state: &Mutex<State_>,
+    method: &str,
+    body: &Value,
+    fault: &Fault,
+    kill: Option<axum::Extension<crate::support::ConnKill>>,
+) -> Option<Response> {
+    match *fault {
+        Fault::Reset => {
+            record(state, method, body.clone(), "reset");
+            Some(drop_connection(kill).await)
+        }
+        Fault::Hang(ms) => {
+            record(state, method, body.clone(), "held");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            Some(drop_connection(kill).await)
+        }
+        Fault::Garbage => {
+            record(state, method, body.clone(), "garbage");
+            Some(
+                (
+                    StatusCode::OK,
+                    [("content-type", "application/json; charset=utf-8")],
+                    "{\"ok\":true,\"channel\":",
+                )
+                    .into_response(),
+            )
+        }
+        _ => None,
+    }
 }
 
 #[derive(Default)]
@@ -74,9 +132,11 @@ impl FakeSlack {
             .route("/services/{*path}", post(webhook))
             .route("/socket", any(socket))
             .with_state((state.clone(), url.clone()));
-        tokio::spawn(async move {
-            axum::serve(listener, app).await.unwrap();
-        });
+        tokio::spawn(crate::support::serve_resettable(
+            listener,
+            app,
+            std::future::pending(),
+        ));
         Self { url, state }
     }
 
@@ -192,6 +252,11 @@ fn fault_response(fault: &Fault) -> (Response, String) {
             slack_json(StatusCode::OK, json!({ "ok": false, "error": code })),
             code.to_string(),
         ),
+        // Answered by `transport_fault` / the handlers; never reaches here.
+        Fault::Reset | Fault::Hang(_) | Fault::Garbage | Fault::SlowOk(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR.into_response(),
+            "fake misuse".into(),
+        ),
     }
 }
 
@@ -207,6 +272,7 @@ fn record(state: &Mutex<State_>, method: &str, body: Value, outcome: &str) {
 async fn api(
     State((state, base)): State<AppState>,
     Path(method): Path<String>,
+    kill: Option<axum::Extension<crate::support::ConnKill>>,
     headers: HeaderMap,
     body: String,
 ) -> Response {
@@ -217,10 +283,18 @@ async fn api(
         .faults
         .get_mut(&method)
         .and_then(|q| q.pop_front());
+    let mut late = None;
     if let Some(fault) = fault {
-        let (resp, outcome) = fault_response(&fault);
-        record(&state, &method, body, &outcome);
-        return resp;
+        if let Some(resp) = transport_fault(&state, &method, &body, &fault, kill).await {
+            return resp;
+        }
+        if let Fault::SlowOk(ms) = fault {
+            late = Some(std::time::Duration::from_millis(ms));
+        } else {
+            let (resp, outcome) = fault_response(&fault);
+            record(&state, &method, body, &outcome);
+            return resp;
+        }
     }
     let auth = headers
         .get("authorization")
@@ -315,7 +389,13 @@ async fn api(
             "unknown_method".into(),
         ),
     };
-    record(&state, &method, body, &outcome);
+    match late {
+        None => record(&state, &method, body, &outcome),
+        Some(hold) => {
+            record(&state, &method, body, &format!("{outcome} (late)"));
+            tokio::time::sleep(hold).await;
+        }
+    }
     slack_json(StatusCode::OK, answer)
 }
 
@@ -334,6 +414,7 @@ async fn response_url(
 async fn webhook(
     State((state, _)): State<AppState>,
     Path(path): Path<String>,
+    kill: Option<axum::Extension<crate::support::ConnKill>>,
     body: String,
 ) -> Response {
     let body: Value = serde_json::from_str(&body).unwrap_or(Value::Null);
@@ -353,6 +434,14 @@ async fn webhook(
         .get_mut("webhook")
         .and_then(|q| q.pop_front());
     if let Some(fault) = fault {
+        if let Some(resp) = transport_fault(&state, "webhook", &body, &fault, kill).await {
+            return resp;
+        }
+        if let Fault::SlowOk(ms) = fault {
+            record(&state, "webhook", body, "ok (late)");
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            return (StatusCode::OK, [("content-type", "text/html")], "ok").into_response();
+        }
         let (resp, outcome) = fault_response(&fault);
         record(&state, "webhook", body, &outcome);
         return resp;

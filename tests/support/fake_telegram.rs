@@ -7,7 +7,8 @@
 //! real API checks and approvald could get wrong (HTML that does not parse, text over 4096
 //! characters, callback data over 64 bytes, unknown chats and messages, unchanged edits), records
 //! every call, and can be told to fail the next calls of a method (429 with retry_after, 5xx,
-//! an HTML error page from a proxy).
+//! an HTML error page from a proxy, a connection reset, a request held past the client's
+//! timeout, an answer that is not JSON, or the work done but answered late).
 //!
 //! It runs on its own thread and runtime, so it outlives a test's approvald instances (a restart
 //! test drops the first instance's runtime and starts a second on the same fake).
@@ -57,8 +58,20 @@ pub struct Call {
     pub method: String,
     pub body: Value,
     pub at: Instant,
-    /// The HTTP status the fake answered.
+    /// The HTTP status the fake answered (0: none, the connection was dropped or held).
     pub status: u16,
+    /// The answer was held back ([`Fault::SlowOk`]): the work was done, but the client had
+    /// most likely given up waiting by the time it came.
+    pub late: bool,
+    /// The answer was 200 with a body that is not a Bot API answer ([`Fault::Garbage`]).
+    pub garbled: bool,
+}
+
+impl Call {
+    /// The platform did what was asked and the client got a readable success answer in time.
+    pub fn accepted(&self) -> bool {
+        self.status == 200 && !self.late && !self.garbled
+    }
 }
 
 /// A message the bot sent, as it stands now.
@@ -121,6 +134,16 @@ pub enum Fault {
     Conflict,
     /// A 400 with this description (e.g. "Bad Request: message is not modified").
     BadRequest(&'static str),
+    /// The TCP connection is dropped (RST) without an answer; nothing is done.
+    Reset,
+    /// The request is held this long without an answer, nothing done, then the connection is
+    /// dropped (a Bot API that hangs; the client's timeout should be shorter).
+    Hang(Duration),
+    /// HTTP 200 with a body that is not JSON (a broken proxy); nothing is done.
+    Garbage,
+    /// The call is carried out at once (a message is really sent), but the answer comes only
+    /// after this long: a client that gave up and sends again makes a second message.
+    SlowOk(Duration),
 }
 
 /// An answer to a button press.
@@ -192,11 +215,10 @@ impl FakeTelegram {
                 .expect("fake runtime");
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(std_listener).expect("listener");
-                let _ = axum::serve(listener, app)
-                    .with_graceful_shutdown(async move {
-                        let _ = rx.await;
-                    })
-                    .await;
+                crate::support::serve_resettable(listener, app, async move {
+                    let _ = rx.await;
+                })
+                .await;
             });
         });
         Self {
@@ -431,6 +453,7 @@ fn err(code: u16, description: &str) -> (StatusCode, Value) {
 async fn handle(
     State(shared): State<Arc<Shared>>,
     Path((bot, method)): Path<(String, String)>,
+    kill: Option<axum::Extension<crate::support::ConnKill>>,
     body: Bytes,
 ) -> Response {
     let method = method.to_ascii_lowercase();
@@ -445,7 +468,7 @@ async fn handle(
             }
         }
     };
-    let record = |status: u16, body: &Value| {
+    let record_as = |status: u16, body: &Value, late: bool, garbled: bool| {
         let mut s = shared
             .state
             .lock()
@@ -455,8 +478,11 @@ async fn handle(
             body: body.clone(),
             at: Instant::now(),
             status,
+            late,
+            garbled,
         });
     };
+    let record = |status: u16, body: &Value| record_as(status, body, false, false);
     if bot != format!("bot{}", shared.token) {
         let (status, v) = err(401, "Unauthorized");
         record(401, &body);
@@ -469,8 +495,31 @@ async fn handle(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         s.faults.get_mut(&method).and_then(|q| q.pop_front())
     };
+    let mut late = None;
     if let Some(fault) = fault {
         let (status, v) = match fault {
+            Fault::Reset => {
+                record(0, &body);
+                return drop_connection(kill).await;
+            }
+            Fault::Hang(hold) => {
+                record(0, &body);
+                tokio::time::sleep(hold).await;
+                return drop_connection(kill).await;
+            }
+            Fault::Garbage => {
+                record_as(200, &body, false, true);
+                return (
+                    StatusCode::OK,
+                    [("content-type", "application/json")],
+                    "{\"ok\":true,\"result\":{\"message_id\":",
+                )
+                    .into_response();
+            }
+            Fault::SlowOk(hold) => {
+                late = Some(hold);
+                (StatusCode::OK, Value::Null)
+            }
             Fault::RetryAfter(secs) => (
                 StatusCode::TOO_MANY_REQUESTS,
                 json!({ "ok": false, "error_code": 429, "description": format!("Too Many Requests: retry after {secs}"), "parameters": { "retry_after": secs } }),
@@ -491,8 +540,10 @@ async fn handle(
                     .into_response();
             }
         };
-        record(status.as_u16(), &body);
-        return (status, axum::Json(v)).into_response();
+        if late.is_none() {
+            record(status.as_u16(), &body);
+            return (status, axum::Json(v)).into_response();
+        }
     }
     let (status, v) = if method == "getupdates" {
         get_updates(&shared, &body).await
@@ -503,8 +554,24 @@ async fn handle(
             .unwrap_or_else(|poisoned| poisoned.into_inner());
         dispatch(&mut s, &method, &body)
     };
-    record(status.as_u16(), &body);
+    record_as(status.as_u16(), &body, late.is_some(), false);
+    if let Some(hold) = late {
+        // Done and recorded already: whether the client still listens makes no difference.
+        tokio::time::sleep(hold).await;
+    }
     (status, axum::Json(v)).into_response()
+}
+
+/// No answer at all: reset the connection (when served by `serve_resettable`), else hang up
+/// with an empty 502 as the closest thing.
+async fn drop_connection(kill: Option<axum::Extension<crate::support::ConnKill>>) -> Response {
+    match kill {
+        Some(axum::Extension(kill)) => {
+            kill.reset();
+            std::future::pending::<Response>().await
+        }
+        None => StatusCode::BAD_GATEWAY.into_response(),
+    }
 }
 
 fn dispatch(s: &mut FakeState, method: &str, body: &Value) -> (StatusCode, Value) {

@@ -303,3 +303,123 @@ pub fn events_of(entries: &[Value]) -> Vec<String> {
         .map(|e| e["event"].as_str().unwrap_or("?").to_string())
         .collect()
 }
+
+// ----- fake platform servers that can drop a connection ---------------------------------------
+
+/// Put into every request's extensions by [`serve_resettable`]: `reset()` drops the TCP
+/// connection the request came on (an RST, no answer at all), as a crashed upstream or a
+/// middlebox does. Fake platform servers use it for their connection-reset faults.
+#[derive(Clone)]
+pub struct ConnKill(Arc<tokio::sync::Notify>);
+
+impl ConnKill {
+    pub fn reset(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// Serve `app` on `listener` as `axum::serve` does (HTTP/1 with upgrades, or HTTP/2), with a
+/// [`ConnKill`] for the request's own connection in every request's extensions, until
+/// `shutdown` completes.
+pub async fn serve_resettable(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    use hyper::service::Service as _;
+    tokio::pin!(shutdown);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(_) => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+        };
+        // A second handle on the socket, to close it with an RST when told to.
+        let Ok(std_stream) = stream.into_std() else {
+            continue;
+        };
+        let Ok(spare) = std_stream.try_clone() else {
+            continue;
+        };
+        let Ok(stream) = tokio::net::TcpStream::from_std(std_stream) else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let kill = ConnKill(Arc::new(tokio::sync::Notify::new()));
+        let app = app.clone();
+        tokio::spawn(async move {
+            let for_requests = kill.clone();
+            let service = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(for_requests.clone());
+                    hyper_util::service::TowerToHyperService::new(app.clone()).call(req)
+                },
+            );
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            let conn = builder
+                .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service);
+            let killed = tokio::select! {
+                _ = conn => false,
+                _ = kill.0.notified() => true,
+            };
+            // The connection (and the request it was serving) is dropped by now; the spare
+            // handle is the last one: with a zero linger, closing it sends an RST.
+            if killed && let Ok(spare) = tokio::net::TcpStream::from_std(spare) {
+                let _ = spare.set_zero_linger();
+            }
+        });
+    }
+}
+
+// ----- the engine's live events ------------------------------------------------------------------
+
+/// Every engine event (`approvald.delivery_failed`, ...) from the moment it was created,
+/// collected in the background.
+#[derive(Clone)]
+pub struct EventLog(Arc<std::sync::Mutex<Vec<(String, Value)>>>);
+
+impl EventLog {
+    pub fn start(s: &TestServer) -> Self {
+        let log = Self(Arc::default());
+        let mut rx = s.engine.events().subscribe();
+        let sink = log.0.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) => sink
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((e.method.to_string(), e.params)),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+        log
+    }
+
+    /// The params of every event named `method`, oldest first.
+    pub fn of(&self, method: &str) -> Vec<Value> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|(m, _)| m == method)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Events named `method` about one approval id.
+    pub fn about(&self, method: &str, id: &str) -> Vec<Value> {
+        self.of(method)
+            .into_iter()
+            .filter(|v| v["id"] == id)
+            .collect()
+    }
+}

@@ -127,12 +127,30 @@ impl RestClient {
                     Some(l) => Some(l.lock().await),
                     None => None,
                 };
-                if let Some(g) = &guard {
-                    g.wait().await;
+                // A bucket (or everything) blocked longer than we keep a prompt waiting, by
+                // the headers of an earlier answer or a global 429: fail now, as a 429 asking
+                // for that long would, rather than hold this call (and the lane) that long.
+                let blocked = guard
+                    .as_ref()
+                    .and_then(|g| g.blocked_for())
+                    .max(self.pacer.global_blocked_for().await);
+                match blocked {
+                    Some(left) if left > self.pacing.max_retry_after => Attempt::Fail {
+                        message: format!(
+                            "discord: {label}: rate limited for {:.1}s more, longer than max_retry_after_ms",
+                            left.as_secs_f64()
+                        ),
+                        reachable: true,
+                    },
+                    _ => {
+                        if let Some(g) = &guard {
+                            g.wait().await;
+                        }
+                        self.pacer.wait_global().await;
+                        self.attempt(method, route, label, body.clone(), &mut guard)
+                            .await
+                    }
                 }
-                self.pacer.wait_global().await;
-                self.attempt(method, route, label, body.clone(), &mut guard)
-                    .await
             };
             match attempt {
                 Attempt::Done(bytes) => {

@@ -268,7 +268,7 @@ impl Channel for DiscordChannel {
         let (post_to, to, thread_id) = self.shared.destination(target).await?;
         let message_id = self
             .shared
-            .post(post_to, &render::new_message(prompt))
+            .post(post_to, &render::new_message(prompt, post_to))
             .await?;
         Ok(MessageRef {
             channel: self.shared.name.clone(),

@@ -29,6 +29,13 @@ impl Lane {
         }
     }
 
+    /// How much longer this bucket is blocked, if it is.
+    pub fn blocked_for(&self) -> Option<Duration> {
+        self.blocked_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
+    }
+
     /// Take note of the limit headers of an answer on this bucket.
     pub fn observe(&mut self, limits: &RateLimitHeaders) {
         if limits.remaining == Some(0)
@@ -113,6 +120,16 @@ impl Pacer {
             start
         };
         tokio::time::sleep_until(start).await;
+    }
+
+    /// How much longer a global 429 blocks every request, if it does.
+    pub async fn global_blocked_for(&self) -> Option<Duration> {
+        self.global
+            .lock()
+            .await
+            .blocked_until
+            .map(|until| until.saturating_duration_since(Instant::now()))
+            .filter(|left| !left.is_zero())
     }
 
     /// Discord said the global limit was hit: everyone waits.
@@ -239,6 +256,8 @@ mod tests {
             reset_after: Some(Duration::from_millis(80)),
             ..Default::default()
         });
+        let left = same.lock().await.blocked_for().expect("blocked");
+        assert!(left <= Duration::from_millis(80), "{left:?}");
         let start = Instant::now();
         same.lock().await.wait().await;
         assert!(
@@ -246,6 +265,7 @@ mod tests {
             "{:?}",
             start.elapsed()
         );
+        assert_eq!(same.lock().await.blocked_for(), None);
     }
 
     #[tokio::test]

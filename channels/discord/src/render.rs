@@ -7,7 +7,7 @@ use approvald_channel::{Decision, Prompt, PromptAction};
 use serenity::all::{
     ButtonStyle, CreateActionRow, CreateAllowedMentions, CreateButton, CreateEmbed,
     CreateEmbedFooter, CreateInteractionResponse, CreateInteractionResponseMessage, CreateMessage,
-    EditMessage,
+    EditMessage, Nonce,
 };
 
 /// Discord's limits (characters), with room left so the embed total stays under 6000.
@@ -26,12 +26,31 @@ pub fn no_mentions() -> CreateAllowedMentions {
         .all_roles(false)
 }
 
-/// A new prompt message.
-pub fn new_message(prompt: &Prompt) -> CreateMessage {
+/// A new prompt message for the channel (thread, DM channel) `post_to`.
+///
+/// It carries a nonce that Discord enforces: a send that timed out or lost its answer may have
+/// created the message all the same, and the retry then gets that message back instead of
+/// posting a second copy (that nobody would ever edit). The nonce is the same for every send
+/// of one request's prompt to one channel, so any resend within Discord's window is one
+/// message.
+pub fn new_message(prompt: &Prompt, post_to: u64) -> CreateMessage {
     CreateMessage::new()
         .embed(embed(prompt))
         .components(buttons(&prompt.actions))
         .allowed_mentions(no_mentions())
+        .nonce(prompt_nonce(&prompt.view.approval_id, post_to))
+        .enforce_nonce(true)
+}
+
+/// `p` and 16 hex digits (Discord takes up to 25 characters) of a stable hash (FNV-1a, the
+/// same in every process and release) of the request id and the channel.
+pub fn prompt_nonce(approval_id: &str, post_to: u64) -> Nonce {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in format!("approvald-prompt:{approval_id}:{post_to}").bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    Nonce::String(format!("p{hash:016x}"))
 }
 
 /// The same prompt as an edit; no actions means the buttons are removed.
@@ -62,11 +81,19 @@ pub fn ephemeral(text: &str) -> CreateInteractionResponse {
     )
 }
 
-/// A plain notice (timeout notices to operators).
+/// A plain notice (timeout notices to operators), with a nonce of its own so a resend of this
+/// one notice cannot post it twice (see [`new_message`]).
 pub fn notice(text: &str) -> CreateMessage {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
     CreateMessage::new()
         .content(cut(text, CONTENT_MAX))
         .allowed_mentions(no_mentions())
+        .nonce(Nonce::String(format!("n{nanos:x}{:x}", seq & 0xff_ffff)))
+        .enforce_nonce(true)
 }
 
 /// One action row: Approve once (green), Always approve (blue, only when offered), Deny (red).
@@ -258,8 +285,31 @@ mod tests {
     }
 
     #[test]
+    fn a_prompt_carries_an_enforced_nonce_stable_per_request_and_channel() {
+        let p = prompt("pending", true);
+        let m = json_of(&new_message(&p, 1100));
+        assert_eq!(m["enforce_nonce"], true);
+        let nonce = m["nonce"].as_str().unwrap().to_string();
+        assert!(nonce.len() <= 25, "{nonce}");
+        // The same prompt to the same channel: the same nonce (a resend is deduplicated).
+        assert_eq!(json_of(&new_message(&p, 1100))["nonce"], nonce.as_str());
+        // Another channel, another request: another nonce.
+        assert_ne!(json_of(&new_message(&p, 1101))["nonce"], nonce.as_str());
+        let mut other = p.clone();
+        other.view.approval_id = "1b9c4d2e-5f6a-4b7c-8d9e-0f1a2b3c4d5e".into();
+        assert_ne!(json_of(&new_message(&other, 1100))["nonce"], nonce.as_str());
+        // Pinned: a change would let a resend across an upgrade post twice.
+        assert_eq!(nonce, "p53a061d993024b00");
+        // Notices: one nonce per notice, never shared by two.
+        let (a, b) = (json_of(&notice("x")), json_of(&notice("x")));
+        assert_eq!(a["enforce_nonce"], true);
+        assert!(a["nonce"].as_str().unwrap().len() <= 25, "{a}");
+        assert_ne!(a["nonce"], b["nonce"]);
+    }
+
+    #[test]
     fn pending_prompt_has_embed_buttons_and_no_mentions() {
-        let m = json_of(&new_message(&prompt("pending", true)));
+        let m = json_of(&new_message(&prompt("pending", true), 1100));
         assert_eq!(m["allowed_mentions"]["parse"], json!([]));
         assert_eq!(m["allowed_mentions"]["users"], json!([]));
         let e = &m["embeds"][0];

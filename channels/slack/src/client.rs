@@ -2,8 +2,9 @@
 //! connector that also speaks plain http (so a test can point `api_url` at a fake), wrapped
 //! in pacing, retries and health bookkeeping.
 //!
-//! Every call waits for its pacing slot, honours 429 `Retry-After`, retries 5xx, network and
-//! Slack's own transient errors with bounded exponential backoff, and then gives up with a
+//! Every call waits for its pacing slot, has `request_timeout_ms` to be answered, honours 429
+//! `Retry-After`, retries 5xx, network errors, timeouts and Slack's own transient errors with
+//! bounded exponential backoff, and then gives up with a
 //! [`ChannelError`] whose text names the method and Slack's error code, with every secret
 //! scrubbed (these messages reach the audit log and operators).
 
@@ -31,6 +32,7 @@ pub struct SlackApi {
     webhook_url: Option<Url>,
     pacer: Pacer,
     retry: RetryPolicy,
+    request_timeout: std::time::Duration,
     secrets: Vec<String>,
     health: Mutex<ChannelHealth>,
 }
@@ -92,6 +94,7 @@ impl SlackApi {
             webhook_url: settings.webhook_url.clone(),
             pacer: Pacer::new(settings.pacing),
             retry: settings.retry,
+            request_timeout: settings.request_timeout,
             secrets: settings.secrets(),
             health: Mutex::new(ChannelHealth {
                 // Unknown until auth.test (or the first webhook post) answers.
@@ -300,14 +303,19 @@ impl SlackApi {
         let mut retry = 0u32;
         loop {
             self.pacer.wait(key).await;
-            let err = match f().await {
-                Ok(v) => {
+            // slack-morphism's client has no time limit of its own: without this, a Slack
+            // that accepts a request and never answers would hold the call forever.
+            let failure = match tokio::time::timeout(self.request_timeout, f()).await {
+                Ok(Ok(v)) => {
                     self.set_connected(true, None);
                     return Ok(v);
                 }
-                Err(e) => e,
+                Ok(Err(e)) => classify(&e),
+                Err(_) => Failure::Transient(format!(
+                    "no answer within {} ms",
+                    self.request_timeout.as_millis()
+                )),
             };
-            let failure = classify(&err);
             let give_up = retry >= self.retry.max_retries;
             match failure {
                 Failure::RateLimited(after) if after <= self.retry.max_retry_after && !give_up => {

@@ -33,6 +33,7 @@ const KNOWN_KEYS: &[&str] = &[
     "backoff_base_ms",
     "backoff_max_ms",
     "max_retry_after_ms",
+    "request_timeout_ms",
 ];
 
 /// How button presses and slash commands reach approvald.
@@ -86,6 +87,10 @@ pub struct SlackSettings {
     pub path: String,
     pub pacing: Pacing,
     pub retry: RetryPolicy,
+    /// One HTTP call's time limit: Slack (or a proxy) that accepts a request and never
+    /// answers must not hold a prompt forever. A call that runs out is retried like a
+    /// network error.
+    pub request_timeout: Duration,
 }
 
 impl fmt::Debug for SlackSettings {
@@ -102,6 +107,7 @@ impl fmt::Debug for SlackSettings {
             .field("path", &self.path)
             .field("pacing", &self.pacing)
             .field("retry", &self.retry)
+            .field("request_timeout", &self.request_timeout)
             .finish()
     }
 }
@@ -253,6 +259,13 @@ impl SlackSettings {
             Some(toml::Value::Integer(n)) if (0..=20).contains(n) => *n as u32,
             Some(_) => return Err(err("max_retries", "expected a number from 0 to 20".into())),
         };
+        let request_timeout = millis("request_timeout_ms", 10_000)?;
+        if request_timeout.is_zero() {
+            return Err(err(
+                "request_timeout_ms",
+                "must be at least 1 millisecond".into(),
+            ));
+        }
         Ok(Self {
             name: name.to_string(),
             bot_token,
@@ -272,6 +285,7 @@ impl SlackSettings {
                 backoff_max: millis("backoff_max_ms", 8000)?,
                 max_retry_after: millis("max_retry_after_ms", 30_000)?,
             },
+            request_timeout,
         })
     }
 
@@ -317,6 +331,7 @@ mod tests {
         assert_eq!(s.receive, ReceiveMode::EventsApi);
         assert_eq!(s.path, "/slack");
         assert_eq!(s.pacing.per_channel, Duration::from_secs(1));
+        assert_eq!(s.request_timeout, Duration::from_secs(10));
         assert!(!format!("{s:?}").contains("xoxb-1"));
 
         let e = SlackSettings::from_table("slack", &table(""), &no_env).unwrap_err();
@@ -349,6 +364,13 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.key, "receive");
+        let e = SlackSettings::from_table(
+            "slack",
+            &table("bot_token = 'xoxb-1'\nsigning_secret = 's'\nrequest_timeout_ms = 0"),
+            &no_env,
+        )
+        .unwrap_err();
+        assert_eq!(e.key, "request_timeout_ms");
     }
 
     #[test]

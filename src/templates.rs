@@ -374,12 +374,18 @@ fn code_block(markup: Markup, s: &str) -> String {
         Markup::TelegramHtml => format!("<pre>{}</pre>", escape(markup, s)),
         Markup::DiscordMarkdown => {
             // A fence inside the text would end the block early: break it with a zero-width space.
-            format!("```\n{}\n```", s.replace("```", "`\u{200B}``"))
+            format!("```\n{}\n```", break_fences(s))
         }
         Markup::SlackMrkdwn => {
-            format!("```{}```", escape(markup, &s.replace("```", "`\u{200B}``")))
+            format!("```{}```", escape(markup, &break_fences(s)))
         }
     }
+}
+
+/// Text that can sit inside a code block without closing it: a zero-width space after every
+/// backtick, so no run of them (three, or four and more) forms a fence.
+pub fn break_fences(s: &str) -> String {
+    s.replace('`', "`\u{200B}")
 }
 
 #[cfg(test)]

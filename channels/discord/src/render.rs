@@ -184,12 +184,13 @@ fn colour(status: &str, risk: &str) -> u32 {
 /// filter writes it).
 fn shows(text: &str, command: &str) -> bool {
     let first = command.lines().next().unwrap_or("").trim();
-    !first.is_empty() && text.contains(&first.replace("```", "`\u{200B}``"))
+    !first.is_empty() && text.contains(&first.replace('`', "`\u{200B}"))
 }
 
 /// A fenced block whose content cannot close the fence early.
 fn code_block(s: &str) -> String {
-    let inner = cut(&s.replace("```", "`\u{200B}``"), FIELD_MAX - 8);
+    // A zero-width space after every backtick: no run of them can close the block.
+    let inner = cut(&s.replace('`', "`\u{200B}"), FIELD_MAX - 8);
     format!("```\n{inner}\n```")
 }
 

@@ -51,12 +51,12 @@ impl SignatureCheck {
             .verify(signature, timestamp, body)
             .map_err(|()| Rejection::BadSignature)?;
         let signed_at: i64 = timestamp.trim().parse().map_err(|_| Rejection::Stale)?;
-        let window = self.max_age.as_secs() as i64;
-        if (now - signed_at).abs() > window {
+        let window = i64::try_from(self.max_age.as_secs()).unwrap_or(i64::MAX);
+        if now.abs_diff(signed_at) > window.unsigned_abs() {
             return Err(Rejection::Stale);
         }
         let mut seen = self.seen.lock().map_err(|_| Rejection::Replayed)?;
-        seen.retain(|_, at| now - *at <= window);
+        seen.retain(|_, at| now.saturating_sub(*at) <= window);
         if seen
             .insert(signature.to_ascii_lowercase(), signed_at)
             .is_some()

@@ -74,7 +74,11 @@ impl Inbound {
             tracing::debug!("ignoring a Slack interaction that is not block_actions");
             return;
         };
-        let Some(user) = ev.user.as_ref() else {
+        let Some(user) = ev
+            .user
+            .as_ref()
+            .filter(|u| !u.id.to_string().trim().is_empty())
+        else {
             tracing::debug!("ignoring block_actions without a user");
             return;
         };
@@ -167,6 +171,9 @@ impl Inbound {
     }
 
     async fn command_answer(&self, cmd: &CommandRequest) -> String {
+        if cmd.user_id.trim().is_empty() {
+            return "This command did not say who sent it; nothing was done.".to_string();
+        }
         let user = PlatformUser {
             id: cmd.user_id.clone(),
             username: cmd.user_name.clone(),

@@ -179,7 +179,8 @@ pub fn escape(s: &str) -> String {
 
 /// A code block whose content cannot end it early.
 pub fn code_block(s: &str) -> String {
-    format!("```{}```", escape(&s.replace("```", "`\u{200B}``")))
+    // A zero-width space after every backtick: no run of them can close the block.
+    format!("```{}```", escape(&s.replace('`', "`\u{200B}")))
 }
 
 /// An inline code span (backticks inside would end it).

@@ -67,7 +67,7 @@ impl Verifier {
             return Err(SignatureError::Missing);
         };
         let ts_num: i64 = ts.parse().map_err(|_| SignatureError::BadTimestamp)?;
-        if (now - ts_num).abs() > WINDOW_SECS {
+        if now.abs_diff(ts_num) > WINDOW_SECS.unsigned_abs() {
             return Err(SignatureError::Stale);
         }
         let given = sig

@@ -318,7 +318,11 @@ pub async fn poll(receiver: Arc<Receiver>) {
                 for item in items {
                     let id = item.get("update_id").and_then(|v| v.as_u64());
                     if let Some(id) = id {
-                        offset = Some(offset.unwrap_or(0).max(id as i32 + 1));
+                        // Update ids are i32 in the Bot API; one that cannot advance the
+                        // offset is skipped rather than wrapping it backwards.
+                        if let Some(next) = i32::try_from(id).ok().and_then(|i| i.checked_add(1)) {
+                            offset = Some(offset.unwrap_or(0).max(next));
+                        }
                     }
                     // Through bytes: teloxide's update reader mis-reads a `serde_json::Value`
                     // (every kind becomes `UpdateKind::Error`).

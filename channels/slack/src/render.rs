@@ -278,7 +278,7 @@ mod tests {
         assert_eq!(blocks[1]["text"]["text"], "*bold* <!here> & _x_");
         assert_eq!(
             blocks[2]["text"]["text"],
-            "```echo `\u{200B}``x`\u{200B}`` &lt;@U1&gt; &amp; done```"
+            "```echo `\u{200B}`\u{200B}`\u{200B}x`\u{200B}`\u{200B}`\u{200B} &lt;@U1&gt; &amp; done```"
         );
         let context = serde_json::to_string(&blocks[3]).unwrap();
         assert!(context.contains("<!date^"), "{context}");

@@ -304,36 +304,7 @@ pub fn escape(markup: Markup, s: &str) -> String {
             .replace('&', "&amp;")
             .replace('<', "&lt;")
             .replace('>', "&gt;"),
-        Markup::DiscordMarkdown => {
-            let mut out = String::with_capacity(s.len() + 8);
-            for c in s.chars() {
-                if matches!(
-                    c,
-                    '\\' | '*'
-                        | '_'
-                        | '~'
-                        | '`'
-                        | '|'
-                        | '>'
-                        | '#'
-                        | '['
-                        | ']'
-                        | '('
-                        | ')'
-                        | '-'
-                        | ':'
-                        | '<'
-                ) {
-                    out.push('\\');
-                }
-                out.push(c);
-                // Break @everyone / @here / <@id> pings even if allowed_mentions were missed.
-                if c == '@' {
-                    out.push('\u{200B}');
-                }
-            }
-            out
-        }
+        Markup::DiscordMarkdown => approvald_channel::text::escape_discord_markdown(s),
     }
 }
 
@@ -374,18 +345,15 @@ fn code_block(markup: Markup, s: &str) -> String {
         Markup::TelegramHtml => format!("<pre>{}</pre>", escape(markup, s)),
         Markup::DiscordMarkdown => {
             // A fence inside the text would end the block early: break it with a zero-width space.
-            format!("```\n{}\n```", break_fences(s))
+            format!("```\n{}\n```", approvald_channel::text::break_fences(s))
         }
         Markup::SlackMrkdwn => {
-            format!("```{}```", escape(markup, &break_fences(s)))
+            format!(
+                "```{}```",
+                escape(markup, &approvald_channel::text::break_fences(s))
+            )
         }
     }
-}
-
-/// Text that can sit inside a code block without closing it: a zero-width space after every
-/// backtick, so no run of them (three, or four and more) forms a fence.
-pub fn break_fences(s: &str) -> String {
-    s.replace('`', "`\u{200B}")
 }
 
 #[cfg(test)]

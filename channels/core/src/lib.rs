@@ -9,6 +9,7 @@
 
 mod action_data;
 mod testing;
+pub mod text;
 
 pub use action_data::{ACTION_DATA_VERSION, ActionData, ActionDataError};
 pub use testing::{RecordedCall, TestChannel};

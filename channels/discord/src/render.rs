@@ -184,46 +184,18 @@ fn colour(status: &str, risk: &str) -> u32 {
 /// filter writes it).
 fn shows(text: &str, command: &str) -> bool {
     let first = command.lines().next().unwrap_or("").trim();
-    !first.is_empty() && text.contains(&first.replace('`', "`\u{200B}"))
+    !first.is_empty() && text.contains(&approvald_channel::text::break_fences(first))
 }
 
 /// A fenced block whose content cannot close the fence early.
 fn code_block(s: &str) -> String {
-    // A zero-width space after every backtick: no run of them can close the block.
-    let inner = cut(&s.replace('`', "`\u{200B}"), FIELD_MAX - 8);
+    let inner = cut(&approvald_channel::text::break_fences(s), FIELD_MAX - 8);
     format!("```\n{inner}\n```")
 }
 
-/// Backslash-escape Discord markdown in untrusted text, and break `@` so nothing reads as a
-/// mention even where allowed_mentions does not apply.
+/// Backslash-escape Discord markdown in untrusted text (the shared rule in channels/core).
 pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 8);
-    for c in s.chars() {
-        if matches!(
-            c,
-            '\\' | '*'
-                | '_'
-                | '~'
-                | '`'
-                | '|'
-                | '>'
-                | '#'
-                | '['
-                | ']'
-                | '('
-                | ')'
-                | '-'
-                | ':'
-                | '<'
-        ) {
-            out.push('\\');
-        }
-        out.push(c);
-        if c == '@' {
-            out.push('\u{200B}');
-        }
-    }
-    out
+    approvald_channel::text::escape_discord_markdown(s)
 }
 
 /// At most `max` characters, never cutting inside a character, marked with an ellipsis.

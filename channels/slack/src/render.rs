@@ -179,8 +179,10 @@ pub fn escape(s: &str) -> String {
 
 /// A code block whose content cannot end it early.
 pub fn code_block(s: &str) -> String {
-    // A zero-width space after every backtick: no run of them can close the block.
-    format!("```{}```", escape(&s.replace('`', "`\u{200B}")))
+    format!(
+        "```{}```",
+        escape(&approvald_channel::text::break_fences(s))
+    )
 }
 
 /// An inline code span (backticks inside would end it).

@@ -426,11 +426,7 @@ impl ToolApprovalForwarder {
                 .factor_enabled(ApproverFactor::Assistant)
         {
             let verdict = upstream.ask(&assistant_body(&body)).await;
-            self.note_upstream(
-                matches!(verdict, UpstreamVerdict::Unreachable { .. }),
-                &verdict,
-            )
-            .await;
+            self.note_upstream(&verdict).await;
             let assistant = ApproverIdentity {
                 approver_id: "assistant:upstream".into(),
                 display_name: "assistant".into(),
@@ -1038,12 +1034,12 @@ impl ToolApprovalForwarder {
     }
 
     /// Record whether the upstream answered; on a change of mode tell everyone once.
-    async fn note_upstream(&self, unreachable: bool, verdict: &UpstreamVerdict) {
+    async fn note_upstream(&self, verdict: &UpstreamVerdict) {
         let error = match verdict {
             UpstreamVerdict::Unreachable { error } => Some(error.clone()),
             _ => None,
         };
-        self.note_upstream_health(!unreachable, error).await;
+        self.note_upstream_health(error.is_none(), error).await;
     }
 
     pub(crate) async fn note_upstream_health(&self, reachable: bool, error: Option<String>) {

@@ -362,13 +362,26 @@ impl Default for ServerConfig {
 pub struct StorageConfig {
     /// Directory for the SQLite database (created if missing).
     pub data_dir: PathBuf,
+    /// `postgres://...` to keep state in PostgreSQL instead (several instances share one
+    /// database); unset means SQLite in `data_dir`.
+    pub url: Option<String>,
 }
 
 impl Default for StorageConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("data"),
+            url: None,
         }
+    }
+}
+
+impl StorageConfig {
+    /// True when state lives in PostgreSQL (and other instances may share it).
+    pub fn is_postgres(&self) -> bool {
+        self.url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
     }
 }
 
@@ -656,11 +669,23 @@ impl Config {
             }
         }
         config.assistant.apply_env(env)?;
+        // A database URL usually carries a password: it may come from the environment rather
+        // than the file.
+        if config.storage.url.is_none() {
+            config.storage.url = env("APPROVALD_DATABASE_URL").filter(|v| !v.trim().is_empty());
+        }
         config.validate()?;
         Ok(config)
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        if self.storage.url.is_some() && !self.storage.is_postgres() {
+            // The URL may hold a password: it is not repeated in the error.
+            return Err(ConfigError::new(
+                "storage.url",
+                "must be a postgres:// (or postgresql://) URL; leave it out to use SQLite in storage.data_dir",
+            ));
+        }
         if parse_offset(&self.budget.timezone).is_none() {
             return Err(ConfigError::new(
                 "budget.timezone",

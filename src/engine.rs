@@ -35,6 +35,7 @@ use crate::templates::{PromptContext, TemplateKind, Templates};
 use crate::upstream::Upstream;
 
 mod execution;
+mod peers;
 
 pub use execution::{ApproveAnswer, EnqueueTask, ExecutionReport, TaskSnapshot, execution_text};
 
@@ -257,13 +258,20 @@ impl ToolApprovalForwarder {
         for (id, deadline) in pending {
             self.arm_timer(&id, deadline);
         }
+        // In a cluster, receivers only one process may run (long polling, a gateway or
+        // socket connection) wait for this instance to become the leader.
+        let clustered = self.inner.config.storage.is_postgres();
         let sink: Arc<dyn InboundSink> = Arc::new(self.clone());
         for (name, channel) in &self.inner.channels {
+            if clustered && channel.exclusive_receiver() {
+                continue;
+            }
             channel
                 .start(sink.clone())
                 .await
                 .map_err(|e| anyhow::anyhow!("channel {name} failed to start: {e}"))?;
         }
+        self.spawn_fanout_keeper();
         self.spawn_upstream_health();
         if self.inner.limiter.is_active() {
             let engine = self.clone();
@@ -997,6 +1005,7 @@ impl ToolApprovalForwarder {
                     if let Ok(mut s) = self.inner.standing.write() {
                         s.push(rule.clone());
                     }
+                    self.inner.events.publish(events::RULES_CHANGED, json!({}));
                     self.audit(
                         AuditEntry::new(AuditEvent::RuleAdded, Some(&id))
                             .actor(by)
@@ -1034,8 +1043,14 @@ impl ToolApprovalForwarder {
         let _guard = lock.lock().await;
         let rec = match self.load(id).await {
             Ok(rec) if rec.status == Status::Pending => rec,
-            Ok(_) => {
+            Ok(rec) => {
+                // Settled elsewhere (another instance) without us hearing of it: answer our
+                // waiters now.
                 self.inner.locks.remove(id);
+                self.inner.timers.remove(id);
+                if let Some((_, tx)) = self.inner.waiters.remove(id) {
+                    let _ = tx.send(Some(Arc::new(rec)));
+                }
                 return;
             }
             Err(e) => {
@@ -1057,7 +1072,12 @@ impl ToolApprovalForwarder {
             .await
         {
             Ok(true) => {}
-            Ok(false) => return,
+            Ok(false) => {
+                // Another instance won: its announcement wakes our waiters.
+                self.inner.timers.remove(id);
+                self.inner.locks.remove(id);
+                return;
+            }
             Err(e) => {
                 tracing::error!(id, error = %e, "cannot store expiry; retrying in 1s");
                 self.arm_timer(id, Utc::now() + chrono::Duration::seconds(1));
@@ -1110,18 +1130,28 @@ impl ToolApprovalForwarder {
     async fn deliver_all(&self, rec: &ApprovalRecord) -> Vec<Delivery> {
         let targets = self.targets_for(&rec.request);
         if targets.is_empty() {
+            self.fanout_finished(&rec.request.id).await;
             return Vec::new();
         }
         let (tx, mut rx) = mpsc::channel(targets.len());
+        let mut sends = Vec::with_capacity(targets.len());
         for target in targets {
             let engine = self.clone();
             let rec = rec.clone();
             let tx = tx.clone();
-            tokio::spawn(async move {
+            sends.push(tokio::spawn(async move {
                 let _ = tx.send(engine.deliver_one(&rec, target).await).await;
-            });
+            }));
         }
         drop(tx);
+        // Once every send is done (some may outlast the caller's wait), nobody needs to take
+        // this fan-out over.
+        let engine = self.clone();
+        let id = rec.request.id.clone();
+        tokio::spawn(async move {
+            futures::future::join_all(sends).await;
+            engine.fanout_finished(&id).await;
+        });
         let mut done = Vec::new();
         let wait = Duration::from_millis(self.inner.config.delivery.wait_ms);
         let _ = tokio::time::timeout(wait, async {
@@ -1479,6 +1509,7 @@ impl ToolApprovalForwarder {
         if let Ok(mut s) = self.inner.standing.write() {
             s.retain(|r| r.id != rule.id);
         }
+        self.inner.events.publish(events::RULES_CHANGED, json!({}));
         self.audit(
             AuditEntry::new(AuditEvent::RuleRevoked, Some(&rule.source_approval))
                 .actor(by)

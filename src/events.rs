@@ -1,10 +1,10 @@
 //! The live event stream: every request, progress, resolution and expiry, fanned out to
 //! WebSocket clients (as JSON-RPC notifications) and `/events` (as Server-Sent Events).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use serde::Serialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 
 /// One notification. `method` is the JSON-RPC notification name, e.g. `tool.approval.resolved`.
 #[derive(Debug, Clone, Serialize)]
@@ -35,22 +35,66 @@ pub const EXECUTION_ABORT: &str = "tool.execution.abort";
 /// The upstream assistant became unreachable or came back (`in_fallback`, `error`).
 pub const FALLBACK: &str = "approvald.fallback";
 
+/// Internal to a cluster: standing rules changed, peers reload theirs. Never sent to clients.
+pub const RULES_CHANGED: &str = "cluster.rules_changed";
+
+/// Every method a client may be sent, to map one received from another instance back to its
+/// name here.
+pub fn known_method(method: &str) -> Option<&'static str> {
+    [
+        REQUESTED,
+        UPDATED,
+        RESOLVED,
+        EXPIRED,
+        DELIVERED,
+        DELIVERY_FAILED,
+        TASK_UPDATED,
+        EXECUTION_ABORT,
+        FALLBACK,
+        RULES_CHANGED,
+    ]
+    .into_iter()
+    .find(|m| *m == method)
+}
+
+/// What is handed to the other instances of a cluster: an event published here.
+pub type PeerEvent = (&'static str, serde_json::Value);
+
 /// A broadcast channel; slow subscribers lose old events rather than slowing the engine.
+/// In a cluster every event published here is also handed to the other instances.
 #[derive(Clone)]
 pub struct EventBus {
     tx: broadcast::Sender<Event>,
+    peers: Arc<OnceLock<mpsc::UnboundedSender<PeerEvent>>>,
 }
 
 impl Default for EventBus {
     fn default() -> Self {
         Self {
             tx: broadcast::channel(4096).0,
+            peers: Arc::new(OnceLock::new()),
         }
     }
 }
 
 impl EventBus {
+    /// From now on, hand every published event to `peers` too (set once, by the cluster).
+    pub fn forward_to_peers(&self, peers: mpsc::UnboundedSender<PeerEvent>) {
+        let _ = self.peers.set(peers);
+    }
+
+    /// Tell this instance's clients and, in a cluster, every other instance.
     pub fn publish(&self, method: &'static str, params: serde_json::Value) {
+        if let Some(peers) = self.peers.get() {
+            let _ = peers.send((method, params.clone()));
+        }
+        if method != RULES_CHANGED {
+            self.publish_local(method, params);
+        }
+    }
+
+    /// Tell this instance's clients only (an event that came from another instance).
+    pub fn publish_local(&self, method: &'static str, params: serde_json::Value) {
         // No subscribers is fine: events are a live view, the store is the record.
         if self.tx.receiver_count() == 0 {
             return;

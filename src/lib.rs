@@ -9,6 +9,7 @@
 pub mod api;
 pub mod audit;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod directory;
 pub mod domain;

@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use crate::api::{self, AppContext};
 use crate::config::Config;
 use crate::engine::ToolApprovalForwarder;
-use crate::store::SqliteStore;
 use crate::templates::Templates;
+use crate::ui::SessionKey;
 
 /// The chat channels this build can run, from `[channels.*]`: each table's `kind` (or, when
 /// absent, its name) picks the platform crate. `enabled = false` leaves a channel out.
@@ -63,12 +63,32 @@ pub async fn build_engine(
     config: Config,
     channels: Vec<Arc<dyn Channel>>,
 ) -> anyhow::Result<ToolApprovalForwarder> {
+    Ok(build(config, channels).await?.0)
+}
+
+/// The engine and the control UI's session key: in a file under `data_dir` for one instance,
+/// in the database when several share PostgreSQL (a session made on one works on all).
+async fn build(
+    config: Config,
+    channels: Vec<Arc<dyn Channel>>,
+) -> anyhow::Result<(ToolApprovalForwarder, SessionKey)> {
     let templates = Templates::load(config.templates.dir.as_deref())?;
-    let store = SqliteStore::open(&config.storage.data_dir).await?;
-    let engine =
-        ToolApprovalForwarder::new(Arc::new(config), Arc::new(store), templates, channels)?;
+    let (store, postgres) = crate::store::open(&config.storage).await?;
+    let instance = store.instance_id().to_string();
+    let data_dir = config.storage.data_dir.clone();
+    let engine = ToolApprovalForwarder::new(Arc::new(config), store, templates, channels)?;
     engine.start().await?;
-    Ok(engine)
+    let ui_key = match postgres {
+        Some(pg) => {
+            crate::cluster::join(engine.clone(), pg.pool().clone(), instance).await?;
+            crate::cluster::shared_ui_key(pg.pool()).await?
+        }
+        None => SessionKey::load_or_create(&data_dir).unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "control UI sessions will not survive a restart");
+            SessionKey::random()
+        }),
+    };
+    Ok((engine, ui_key))
 }
 
 /// How long shutdown waits for in-flight requests.
@@ -79,12 +99,13 @@ pub struct BoundServer {
     pub engine: ToolApprovalForwarder,
     pub addr: SocketAddr,
     listener: TcpListener,
+    ui_key: SessionKey,
 }
 
 impl BoundServer {
     pub async fn bind(config: Config, channels: Vec<Arc<dyn Channel>>) -> anyhow::Result<Self> {
         let listen = config.server.listen;
-        let engine = build_engine(config, channels).await?;
+        let (engine, ui_key) = build(config, channels).await?;
         let listener = TcpListener::bind(listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen}: {e}"))?;
@@ -93,6 +114,7 @@ impl BoundServer {
             engine,
             addr,
             listener,
+            ui_key,
         })
     }
 
@@ -113,6 +135,7 @@ impl BoundServer {
             max_body_bytes: server.max_body_bytes,
             engine: self.engine.clone(),
             stream_slots: Arc::new(tokio::sync::Semaphore::new(server.max_stream_clients)),
+            ui_key: self.ui_key.clone(),
         };
         let header_timeout = Duration::from_millis(server.header_timeout_ms);
         let mut router = api::router(ctx);

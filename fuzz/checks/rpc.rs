@@ -234,6 +234,7 @@ fn fixture() -> &'static Fixture {
             max_body_bytes: 65536,
             stream_slots: Arc::new(tokio::sync::Semaphore::new(4)),
             engine,
+            ui_key: approvald::ui::SessionKey::random(),
         };
         let caller = |t: &str| ctx.engine.directory().authenticate(t).expect("token");
         let callers = [

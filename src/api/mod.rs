@@ -30,6 +30,8 @@ pub struct AppContext {
     pub max_body_bytes: usize,
     /// One permit per WebSocket or SSE client (`server.max_stream_clients`).
     pub stream_slots: std::sync::Arc<tokio::sync::Semaphore>,
+    /// Signs control UI sessions (shared by every instance of a cluster).
+    pub ui_key: SessionKey,
 }
 
 impl AppContext {
@@ -47,11 +49,7 @@ impl AppContext {
 /// The whole router.
 pub fn router(ctx: AppContext) -> Router {
     let limit = ctx.max_body_bytes;
-    let data_dir = &ctx.engine.config().storage.data_dir;
-    let ui_key = SessionKey::load_or_create(data_dir).unwrap_or_else(|e| {
-        tracing::warn!(error = %e, "control UI sessions will not survive a restart");
-        SessionKey::random()
-    });
+    let ui_key = ctx.ui_key.clone();
     let ui = crate::ui::router(ctx.engine.clone(), ui_key.clone());
     Router::new()
         .route("/rpc", post(rpc::http_rpc))

@@ -2,9 +2,13 @@
 //! PostgreSQL backend can be added without touching the engine. Anything that must survive a
 //! restart goes through here; the engine's in-memory maps are only caches and waiter lists.
 
+mod postgres;
 mod sqlite;
 
+pub use postgres::PostgresStore;
 pub use sqlite::SqliteStore;
+
+use std::sync::Arc;
 
 use approvald_channel::MessageRef;
 use async_trait::async_trait;
@@ -14,6 +18,21 @@ use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
 use crate::rules::StandingRule;
 use crate::tasks::{TaskRecord, TaskStatus};
+
+/// Open the configured store: PostgreSQL when `storage.url` names one, else SQLite in
+/// `storage.data_dir`. The PostgreSQL store is also answered on its own, for the cluster
+/// wake-ups and the leader lock that share its database.
+pub async fn open(
+    config: &crate::config::StorageConfig,
+) -> Result<(Arc<dyn Store>, Option<PostgresStore>), StoreError> {
+    match &config.url {
+        Some(url) if config.is_postgres() => {
+            let pg = PostgresStore::connect(url).await?;
+            Ok((Arc::new(pg.clone()), Some(pg)))
+        }
+        _ => Ok((Arc::new(SqliteStore::open(&config.data_dir).await?), None)),
+    }
+}
 
 /// How a delivered message is looked up again: thread ids are left out because a reply in a
 /// thread names the chat and the message, not always the thread.
@@ -170,4 +189,20 @@ pub trait Store: Send + Sync + 'static {
     async fn outbox_len(&self) -> Result<u64, StoreError>;
     /// The request an id was folded into, if it was.
     async fn alias_target(&self, alias: &str) -> Result<Option<String>, StoreError>;
+
+    // ----- instances and unfinished fan-outs ------------------------------------------
+    /// This process's id (new at every start). `insert_request` records it as the owner of the
+    /// new request's fan-out, unfinished until `deliveries_finished`.
+    fn instance_id(&self) -> &str;
+    /// Say this instance is alive; called every few seconds.
+    async fn heartbeat(&self) -> Result<(), StoreError>;
+    /// Every prompt of this request was sent or failed: nobody needs to take its fan-out over.
+    async fn deliveries_finished(&self, id: &str) -> Result<(), StoreError>;
+    /// Take over the unfinished fan-outs of pending requests whose owner has not said it is
+    /// alive for `stale`: they become this instance's. Of several claimers each id goes to one.
+    async fn claim_unfinished_deliveries(
+        &self,
+        stale: std::time::Duration,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError>;
 }

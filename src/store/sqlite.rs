@@ -49,6 +49,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    instance: String,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -87,7 +88,13 @@ impl SqliteStore {
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.read_only(true))
             .await?;
-        Ok(Self { writer, reader })
+        let store = Self {
+            writer,
+            reader,
+            instance: uuid::Uuid::new_v4().to_string(),
+        };
+        store.heartbeat().await?;
+        Ok(store)
     }
 
     /// The JSON documents in the first column of `sql` (one `?1` = `id`), decoded.
@@ -177,8 +184,8 @@ impl Store for SqliteStore {
         for _ in 0..2 {
             let mut tx = self.writer.begin().await?;
             let done = sqlx::query(
-                "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key)
-                 SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8
+                "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
+                 SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, 0
                  WHERE ?8 IS NULL OR NOT EXISTS (
                      SELECT 1 FROM approvals INDEXED BY approvals_fold
                      WHERE fold_key = ?8 AND status = 'pending' AND expires_at > ?9)
@@ -193,6 +200,7 @@ impl Store for SqliteStore {
             .bind(ms(req.expires_at))
             .bind(fold_key)
             .bind(ms(Utc::now()))
+            .bind(&self.instance)
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
@@ -669,5 +677,63 @@ impl Store for SqliteStore {
             .fetch_one(&self.reader)
             .await?;
         Ok(n.max(0) as u64)
+    }
+
+    fn instance_id(&self) -> &str {
+        &self.instance
+    }
+
+    async fn heartbeat(&self) -> Result<(), StoreError> {
+        sqlx::query(
+            "INSERT INTO instances (id, last_seen) VALUES (?1, ?2)
+             ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+        )
+        .bind(&self.instance)
+        .bind(ms(Utc::now()))
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn deliveries_finished(&self, id: &str) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE approvals SET deliveries_done = 1 WHERE id = ?1 AND deliveries_done = 0",
+        )
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn claim_unfinished_deliveries(
+        &self,
+        stale: Duration,
+        limit: u32,
+    ) -> Result<Vec<String>, StoreError> {
+        let alive_since = ms(Utc::now()) - stale.as_millis() as i64;
+        // One writer: the select and the update cannot interleave with another claimer's.
+        let mut tx = self.writer.begin().await?;
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT a.id FROM approvals a
+             WHERE a.deliveries_done = 0 AND a.status = 'pending'
+               AND a.delivery_owner IS NOT ?1
+               AND NOT EXISTS (SELECT 1 FROM instances i
+                               WHERE i.id = a.delivery_owner AND i.last_seen >= ?2)
+             ORDER BY a.created_at LIMIT ?3",
+        )
+        .bind(&self.instance)
+        .bind(alive_since)
+        .bind(i64::from(limit))
+        .fetch_all(&mut *tx)
+        .await?;
+        for id in &ids {
+            sqlx::query("UPDATE approvals SET delivery_owner = ?2 WHERE id = ?1")
+                .bind(id)
+                .bind(&self.instance)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(ids)
     }
 }

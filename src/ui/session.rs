@@ -89,7 +89,12 @@ impl SessionKey {
         Self::from_bytes(key)
     }
 
-    fn from_bytes(key: [u8; 32]) -> Self {
+    /// The raw key, to store it where other instances read it.
+    pub(crate) fn bytes(&self) -> &[u8; 32] {
+        &self.key
+    }
+
+    pub(crate) fn from_bytes(key: [u8; 32]) -> Self {
         Self {
             key: std::sync::Arc::new(key),
             signed_out: Default::default(),

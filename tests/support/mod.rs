@@ -2,6 +2,8 @@
 //! data dir, with in-process test channels, plus a small JSON-RPC client.
 #![allow(dead_code)]
 
+pub mod pg;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +141,19 @@ impl TestServer {
         Self::start_with_server(dir, "", extra, channels).await
     }
 
+    /// One instance of a cluster: state in the PostgreSQL database at `database_url`, shared
+    /// with the other instances started on it.
+    pub async fn start_on_database(
+        database_url: &str,
+        extra: &str,
+        channels: Vec<Arc<dyn Channel>>,
+    ) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut s = Self::start_full(tmp.path(), "", Some(database_url), extra, channels).await;
+        s._tmp = Some(tmp);
+        s
+    }
+
     /// Like `start_in`, with more keys for the `[server]` table (e.g. `max_stream_clients = 2`).
     pub async fn start_with_server(
         dir: &Path,
@@ -146,8 +161,27 @@ impl TestServer {
         extra: &str,
         channels: Vec<Arc<dyn Channel>>,
     ) -> Self {
+        // APPROVALD_TEST_STORE=postgres runs the same tests on PostgreSQL: one database per
+        // data dir, so a restart on the same dir finds its state again.
+        let database = match pg::suite_on_postgres() {
+            Some(url) => Some(pg::database_for_dir(&url, dir).await),
+            None => None,
+        };
+        Self::start_full(dir, server, database.as_deref(), extra, channels).await
+    }
+
+    async fn start_full(
+        dir: &Path,
+        server: &str,
+        database_url: Option<&str>,
+        extra: &str,
+        channels: Vec<Arc<dyn Channel>>,
+    ) -> Self {
+        let database = database_url
+            .map(|url| format!("url = {url:?}\n"))
+            .unwrap_or_default();
         let text = format!(
-            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n{server}\n[storage]\ndata_dir = {:?}\n{BASE}\n{extra}",
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n{server}\n[storage]\ndata_dir = {:?}\n{database}{BASE}\n{extra}",
             dir.display().to_string()
         );
         let config = Config::from_toml_str(&text).expect("test config is valid");

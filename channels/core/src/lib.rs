@@ -373,6 +373,15 @@ pub trait Channel: Send + Sync + 'static {
     async fn start(&self, _sink: Arc<dyn InboundSink>) -> Result<(), ChannelError> {
         Ok(())
     }
+    /// True when what `start` runs may run in one process only (Telegram long polling, the
+    /// Discord gateway, Slack Socket Mode): several approvald instances on one database start
+    /// it only on their leader.
+    fn exclusive_receiver(&self) -> bool {
+        false
+    }
+    /// Stop what `start` started (this instance stopped being the leader); `start` may be
+    /// called again later.
+    async fn stop(&self) {}
     /// Send a prompt with buttons; answer the reference needed to edit it later.
     async fn deliver(&self, target: &Target, prompt: &Prompt) -> Result<MessageRef, ChannelError>;
     /// Replace a sent prompt (outcome, progress); no actions means remove the buttons.

@@ -10,7 +10,8 @@ use std::time::Duration;
 use approvald_channel::InboundSink;
 use async_trait::async_trait;
 use serenity::all::{
-    ConnectionStage, Context, EventHandler, GatewayIntents, Ready, ShardStageUpdateEvent,
+    ConnectionStage, Context, EventHandler, GatewayIntents, Ready, ShardManager,
+    ShardStageUpdateEvent,
 };
 use serenity::client::ClientBuilder;
 use serenity::http::{HttpBuilder, LightMethod, Route};
@@ -20,10 +21,12 @@ use crate::Shared;
 use crate::inbound::Interactions;
 use crate::interaction::Interaction;
 
-/// Run the gateway client until the process ends, reconnecting with backoff when serenity
+/// Run the gateway client until stopped, reconnecting with backoff when serenity
 /// gives up (bad token, Discord unreachable).
-pub fn spawn(shared: Arc<Shared>, sink: Arc<dyn InboundSink>) {
-    tokio::spawn(async move {
+pub fn spawn(shared: Arc<Shared>, sink: Arc<dyn InboundSink>) -> Gateway {
+    let manager: Arc<std::sync::Mutex<Option<Arc<ShardManager>>>> = Arc::default();
+    let current = manager.clone();
+    let task = tokio::spawn(async move {
         let mut backoff = Duration::from_secs(1);
         loop {
             let http = HttpBuilder::new(shared.settings.bot_token.expose())
@@ -42,10 +45,15 @@ pub fn spawn(shared: Arc<Shared>, sink: Arc<dyn InboundSink>) {
                 },
             );
             let error = match built.await {
-                Ok(mut client) => match client.start().await {
-                    Ok(()) => "the gateway connection ended".to_string(),
-                    Err(e) => e.to_string(),
-                },
+                Ok(mut client) => {
+                    if let Ok(mut m) = current.lock() {
+                        *m = Some(client.shard_manager.clone());
+                    }
+                    match client.start().await {
+                        Ok(()) => "the gateway connection ended".to_string(),
+                        Err(e) => e.to_string(),
+                    }
+                }
                 Err(e) => e.to_string(),
             };
             let error = shared.client.redact(&format!("discord gateway: {error}"));
@@ -55,6 +63,28 @@ pub fn spawn(shared: Arc<Shared>, sink: Arc<dyn InboundSink>) {
             backoff = (backoff * 2).min(Duration::from_secs(300));
         }
     });
+    Gateway {
+        task: task.abort_handle(),
+        manager,
+    }
+}
+
+/// The running gateway connection, so it can be closed when this instance stops being the
+/// leader: serenity's shard runners are tasks of their own, so the shards are shut down
+/// before the reconnect loop is aborted.
+pub struct Gateway {
+    task: tokio::task::AbortHandle,
+    manager: Arc<std::sync::Mutex<Option<Arc<ShardManager>>>>,
+}
+
+impl Gateway {
+    pub async fn shutdown(self) {
+        let manager = self.manager.lock().ok().and_then(|mut m| m.take());
+        if let Some(manager) = manager {
+            manager.shutdown_all().await;
+        }
+        self.task.abort();
+    }
 }
 
 /// serenity's event handler: readiness for health, interactions for decisions.

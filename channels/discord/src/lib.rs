@@ -40,6 +40,8 @@ use verify::SignatureCheck;
 /// One configured Discord bot (`[channels.NAME]` with kind discord).
 pub struct DiscordChannel {
     shared: Arc<Shared>,
+    /// The gateway connection while one runs (gateway mode).
+    gateway: tokio::sync::Mutex<Option<gateway::Gateway>>,
 }
 
 /// State shared by the channel, its interactions endpoint and its gateway task.
@@ -107,6 +109,7 @@ impl DiscordChannel {
                 edits: EditWaiters::default(),
                 dm_channels: Mutex::new(HashMap::new()),
             }),
+            gateway: tokio::sync::Mutex::new(None),
         })
     }
 }
@@ -259,9 +262,25 @@ impl Channel for DiscordChannel {
             });
         }
         if self.shared.settings.receive == ReceiveMode::Gateway {
-            gateway::spawn(self.shared.clone(), sink);
+            let mut running = self.gateway.lock().await;
+            if running.is_none() {
+                *running = Some(gateway::spawn(self.shared.clone(), sink));
+            }
         }
         Ok(())
+    }
+
+    fn exclusive_receiver(&self) -> bool {
+        // Each gateway connection would get every interaction: one process answers them.
+        self.shared.settings.receive == ReceiveMode::Gateway
+    }
+
+    async fn stop(&self) {
+        let running = self.gateway.lock().await.take();
+        if let Some(gateway) = running {
+            gateway.shutdown().await;
+            tracing::info!(channel = %self.shared.name, "Discord gateway stopped");
+        }
     }
 
     async fn deliver(&self, target: &Target, prompt: &Prompt) -> Result<MessageRef, ChannelError> {

@@ -117,6 +117,19 @@ impl Channel for SlackChannel {
         Markup::SlackMrkdwn
     }
 
+    fn exclusive_receiver(&self) -> bool {
+        // One Socket Mode connection per app: Slack would spread events over several.
+        self.settings.receive == ReceiveMode::SocketMode && self.settings.app_token.is_some()
+    }
+
+    async fn stop(&self) {
+        let socket = self.socket.lock().await.take();
+        if let Some(socket) = socket {
+            socket.shutdown().await;
+            tracing::info!(channel = %self.settings.name, "Slack Socket Mode stopped");
+        }
+    }
+
     async fn start(&self, sink: Arc<dyn InboundSink>) -> Result<(), ChannelError> {
         if !self.api.has_bot_token() {
             return Ok(());

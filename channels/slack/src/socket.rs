@@ -14,7 +14,7 @@ use crate::inbound::{CommandRequest, Inbound};
 
 /// The running listener, kept for as long as the channel lives: it owns the connection.
 pub struct SocketMode {
-    _listener: SlackClientSocketModeListener<Connector>,
+    listener: SlackClientSocketModeListener<Connector>,
 }
 
 impl SocketMode {
@@ -58,9 +58,12 @@ impl SocketMode {
             .await
             .map_err(|e| api.redact(&format!("Socket Mode: {e}")))?;
         listener.start().await;
-        Ok(Self {
-            _listener: listener,
-        })
+        Ok(Self { listener })
+    }
+
+    /// Close the connection (this instance stopped being the leader).
+    pub async fn shutdown(self) {
+        self.listener.shutdown().await;
     }
 }
 

@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     username: RwLock<Option<String>>,
     /// `start` runs once per process; a second poller would fight the first (409).
     started: AtomicBool,
+    /// The running poller, so `stop` can end it when this instance stops being the leader.
+    poller: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 impl Shared {
@@ -183,6 +185,7 @@ impl TelegramChannel {
                 health: Health::default(),
                 username: RwLock::new(None),
                 started: AtomicBool::new(false),
+                poller: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -216,8 +219,11 @@ impl Channel for TelegramChannel {
         match shared.settings.receive {
             ReceiveMode::Polling => {
                 tracing::info!(channel = %shared.name, "telegram: receiving by long polling (one poller per bot token)");
-                let receiver = Arc::new(Receiver::new(shared, sink));
-                tokio::spawn(inbound::poll(receiver));
+                let receiver = Arc::new(Receiver::new(shared.clone(), sink));
+                let task = tokio::spawn(inbound::poll(receiver));
+                if let Ok(mut poller) = shared.poller.lock() {
+                    *poller = Some(task.abort_handle());
+                }
             }
             ReceiveMode::Webhook => {
                 tracing::info!(channel = %shared.name, path = %webhook_path(&shared.name), "telegram: receiving by webhook");
@@ -225,6 +231,20 @@ impl Channel for TelegramChannel {
             }
         }
         Ok(())
+    }
+
+    fn exclusive_receiver(&self) -> bool {
+        // Telegram answers 409 to a second concurrent getUpdates on one bot token.
+        self.shared.settings.receive == ReceiveMode::Polling
+    }
+
+    async fn stop(&self) {
+        let task = self.shared.poller.lock().ok().and_then(|mut p| p.take());
+        if let Some(task) = task {
+            task.abort();
+            tracing::info!(channel = %self.shared.name, "telegram: long polling stopped");
+        }
+        self.shared.started.store(false, Ordering::SeqCst);
     }
 
     async fn deliver(&self, target: &Target, prompt: &Prompt) -> Result<MessageRef, ChannelError> {

@@ -295,6 +295,51 @@ async fn approve_always_on_one_instance_applies_on_the_others() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn racing_instances_send_one_prompt_per_request() {
+    let Some(nodes) = cluster(3, EXTRA).await else {
+        return;
+    };
+    let urls: Vec<String> = nodes.iter().map(|(s, _)| s.url.clone()).collect();
+    // A gateway retrying one request (its own id) through the load balancer, and identical
+    // asks (folded into one) from several gateways, land on all three instances at once.
+    let own_id = "7d1e2f4a-0000-4000-8000-000000000001";
+    let asks: Vec<Value> = (0..12)
+        .map(|i| {
+            if i % 2 == 0 {
+                json!({ "id": own_id, "tool": "deploy", "command": "ship v1", "wait": false })
+            } else {
+                json!({ "tool": "deploy", "command": "ship v2", "agent_id": "ci", "wait": false })
+            }
+        })
+        .collect();
+    let answers = futures::future::join_all(asks.into_iter().enumerate().map(|(i, ask)| {
+        let url = urls[i % 3].clone();
+        async move { rpc_at(&url, GATEWAY, "tool.approval.request", ask).await }
+    }))
+    .await;
+    let mut ids: Vec<String> = answers
+        .iter()
+        .map(|r| result(r)["id"].as_str().expect("id").to_string())
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 2, "two requests in all: {answers:?}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for id in &ids {
+        let prompts: usize = nodes
+            .iter()
+            .map(|(_, c)| {
+                c.deliveries()
+                    .iter()
+                    .filter(|(_, p, _)| &p.view.approval_id == id)
+                    .count()
+            })
+            .sum();
+        assert_eq!(prompts, 1, "one prompt for {id} across the three instances");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_control_ui_session_made_on_one_instance_works_on_another() {
     let Some(nodes) = cluster(2, EXTRA).await else {
         return;

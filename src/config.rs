@@ -365,6 +365,9 @@ pub struct StorageConfig {
     /// `postgres://...` to keep state in PostgreSQL instead (several instances share one
     /// database); unset means SQLite in `data_dir`.
     pub url: Option<String>,
+    /// PostgreSQL only: pooled connections per instance (each instance also keeps one to
+    /// hear the others and, while it leads, one holding the leader lock).
+    pub max_connections: u32,
 }
 
 impl Default for StorageConfig {
@@ -372,6 +375,7 @@ impl Default for StorageConfig {
         Self {
             data_dir: PathBuf::from("data"),
             url: None,
+            max_connections: 16,
         }
     }
 }

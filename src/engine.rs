@@ -316,10 +316,17 @@ impl ToolApprovalForwarder {
             "session_key": req.session_key, "requester": req.requester,
             "token": req.requested_via_token, "expires_at": req.expires_at,
         }));
+        // Prompts to send make it a fan-out another process finishes should this one die.
+        let fanout = !self.targets_for(&req).is_empty();
         match self
             .inner
             .store
-            .insert_request(&req, fold_key.as_deref(), std::slice::from_ref(&requested))
+            .insert_request(
+                &req,
+                fold_key.as_deref(),
+                std::slice::from_ref(&requested),
+                fanout,
+            )
             .await?
         {
             InsertOutcome::Inserted => {}
@@ -1130,7 +1137,7 @@ impl ToolApprovalForwarder {
     async fn deliver_all(&self, rec: &ApprovalRecord) -> Vec<Delivery> {
         let targets = self.targets_for(&rec.request);
         if targets.is_empty() {
-            self.fanout_finished(&rec.request.id).await;
+            // Stored as finished (`insert_request` with `fanout: false`).
             return Vec::new();
         }
         let (tx, mut rx) = mpsc::channel(targets.len());

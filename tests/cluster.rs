@@ -30,17 +30,37 @@ targets = [{ channel = "chat-a", to = "room" }]
 timeout_notice_targets = [{ channel = "chat-a", to = "ops" }]
 "#;
 
-/// `n` instances on a fresh database, each with its own test channel `chat-a`.
-async fn cluster(n: usize, extra: &str) -> Option<Vec<(TestServer, TestChannel)>> {
+/// `n` instances on a fresh database, each with its own test channel `chat-a`. The database
+/// is dropped when the cluster is.
+struct Cluster {
+    nodes: Vec<(TestServer, TestChannel)>,
+    _db: pg::TestDatabase,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = Vec<(TestServer, TestChannel)>;
+    fn deref(&self) -> &Self::Target {
+        &self.nodes
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // The servers go before their database.
+        self.nodes.clear();
+    }
+}
+
+async fn cluster(n: usize, extra: &str) -> Option<Cluster> {
     let server = pg::server_url("cluster test")?;
-    let db = pg::fresh_database(&server).await;
-    let mut out = Vec::new();
+    let db = pg::TestDatabase::create(&server).await;
+    let mut nodes = Vec::new();
     for _ in 0..n {
         let chat = TestChannel::new("chat-a", Transport::Discord);
-        let s = TestServer::start_on_database(&db, extra, as_channels(&[&chat])).await;
-        out.push((s, chat));
+        let s = TestServer::start_on_database(&db.url, extra, as_channels(&[&chat])).await;
+        nodes.push((s, chat));
     }
-    Some(out)
+    Some(Cluster { nodes, _db: db })
 }
 
 fn result(r: &Value) -> Value {
@@ -496,17 +516,17 @@ async fn only_the_leader_polls_telegram_and_another_takes_over_when_it_dies() {
     let Some(server) = pg::server_url("leader election test") else {
         return;
     };
-    let db = pg::fresh_database(&server).await;
+    let db = pg::TestDatabase::create(&server).await;
     let fake = FakeTelegram::start("123:leader");
     let extra = telegram(&fake, "");
-    let mut first = Instance::start(&db, &extra);
+    let mut first = Instance::start(&db.url, &extra);
     first.ready().await;
     eventually("the first instance polls", || {
         let n = fake.calls_of("getupdates").len();
         async move { n >= 2 }
     })
     .await;
-    let mut second = Instance::start(&db, &extra);
+    let mut second = Instance::start(&db.url, &extra);
     second.ready().await;
     // Both run for a while: a second poller would make the fake answer 409.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -595,15 +615,15 @@ async fn a_fan_out_left_by_a_dead_instance_is_finished_by_another() {
     let Some(server) = pg::server_url("fan-out takeover test") else {
         return;
     };
-    let db = pg::fresh_database(&server).await;
+    let db = pg::TestDatabase::create(&server).await;
     let fake = FakeTelegram::start("123:takeover");
     // Webhook mode: no leader business, every instance receives.
     let extra = telegram(
         &fake,
         "receive = \"webhook\"\nwebhook_secret = \"s3cret-s3cret\"\nwebhook_url = \"https://approvald.example/telegram\"",
     );
-    let mut first = Instance::start(&db, &extra);
-    let mut second = Instance::start(&db, &extra);
+    let mut first = Instance::start(&db.url, &extra);
+    let mut second = Instance::start(&db.url, &extra);
     first.ready().await;
     second.ready().await;
     // The first instance's send hangs; it dies with the fan-out unfinished.

@@ -27,7 +27,7 @@ pub async fn open(
 ) -> Result<(Arc<dyn Store>, Option<PostgresStore>), StoreError> {
     match &config.url {
         Some(url) if config.is_postgres() => {
-            let pg = PostgresStore::connect(url).await?;
+            let pg = PostgresStore::connect_with_pool(url, config.max_connections).await?;
             Ok((Arc::new(pg.clone()), Some(pg)))
         }
         _ => Ok((Arc::new(SqliteStore::open(&config.data_dir).await?), None)),
@@ -108,11 +108,15 @@ pub trait Store: Send + Sync + 'static {
     /// Store a new pending request. With a `fold_key`, an identical pending request (same
     /// key, not past its deadline) takes its place, decided in the same statement as the insert
     /// so two racing identical requests still make one.
+    ///
+    /// `fanout`: prompts are to be sent for it, so it is recorded as this instance's fan-out,
+    /// unfinished until `deliveries_finished` (false: nothing to send, nothing to take over).
     async fn insert_request(
         &self,
         req: &ApprovalRequest,
         fold_key: Option<&str>,
         audits: &[AuditEntry],
+        fanout: bool,
     ) -> Result<InsertOutcome, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
     /// Just the status: a cheap check where the whole record is not needed.

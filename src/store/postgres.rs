@@ -81,6 +81,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 
 /// How long connecting (and, later, waiting for a free pooled connection) may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pooled connections per instance unless `storage.max_connections` says otherwise.
+pub const DEFAULT_POOL: u32 = 16;
 
 /// The store several approvald instances share (see the module docs for what holds across
 /// them). Cloning is cheap and keeps the instance id: a clone is the same instance.
@@ -114,6 +116,12 @@ impl PostgresStore {
     ///
     /// Errors never contain the URL's password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_pool(url, DEFAULT_POOL).await
+    }
+
+    /// [`Self::connect`] with at most `max_connections` pooled connections (the cluster's
+    /// listener and leader connections come on top).
+    pub async fn connect_with_pool(url: &str, max_connections: u32) -> Result<Self, StoreError> {
         let url_secrets = Secrets::of(url);
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StoreError(url_secrets.scrub(&format!(
@@ -132,7 +140,7 @@ impl PostgresStore {
             Err(_) => return Err(fail("cannot connect to", &"timed out")),
         };
         let pool = PgPoolOptions::new()
-            .max_connections(16)
+            .max_connections(max_connections.max(2))
             .acquire_timeout(CONNECT_TIMEOUT)
             .connect_with(options)
             .await
@@ -204,6 +212,7 @@ impl PostgresStore {
         json: &str,
         fold_key: Option<&str>,
         audits: &[AuditEntry],
+        fanout: bool,
     ) -> Result<bool, StoreError> {
         let mut tx = self.pool.begin().await?;
         if let Some(key) = fold_key {
@@ -218,7 +227,7 @@ impl PostgresStore {
         let done = sqlx::query(
             "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at,
                                     expires_at, fold_key, delivery_owner, deliveries_done)
-             SELECT $1, 'pending', $2, $3, $4, $5, $6, $7, $8, $10, FALSE
+             SELECT $1, 'pending', $2, $3, $4, $5, $6, $7, $8, $10, $11
              WHERE $8::text IS NULL OR NOT EXISTS (
                  SELECT 1 FROM approvals
                  WHERE fold_key = $8 AND status = 'pending' AND expires_at > $9)
@@ -234,6 +243,7 @@ impl PostgresStore {
         .bind(fold_key)
         .bind(ms(Utc::now()))
         .bind(&self.instance)
+        .bind(!fanout)
         .execute(&mut *tx)
         .await?;
         if done.rows_affected() != 1 {
@@ -300,11 +310,15 @@ impl Store for PostgresStore {
         req: &ApprovalRequest,
         fold_key: Option<&str>,
         audits: &[AuditEntry],
+        fanout: bool,
     ) -> Result<InsertOutcome, StoreError> {
         let json = serde_json::to_string(req)?;
         // Twice at most: an identical pending request may settle between the two steps.
         for _ in 0..2 {
-            if self.try_insert(req, &json, fold_key, audits).await? {
+            if self
+                .try_insert(req, &json, fold_key, audits, fanout)
+                .await?
+            {
                 return Ok(InsertOutcome::Inserted);
             }
             if let Some(existing) = self.get(&req.id).await? {

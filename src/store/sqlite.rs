@@ -178,6 +178,7 @@ impl Store for SqliteStore {
         req: &ApprovalRequest,
         fold_key: Option<&str>,
         audits: &[AuditEntry],
+        fanout: bool,
     ) -> Result<InsertOutcome, StoreError> {
         let json = serde_json::to_string(req)?;
         // Twice at most: an identical pending request may settle between the two statements.
@@ -185,7 +186,7 @@ impl Store for SqliteStore {
             let mut tx = self.writer.begin().await?;
             let done = sqlx::query(
                 "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
-                 SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, 0
+                 SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11
                  WHERE ?8 IS NULL OR NOT EXISTS (
                      SELECT 1 FROM approvals INDEXED BY approvals_fold
                      WHERE fold_key = ?8 AND status = 'pending' AND expires_at > ?9)
@@ -201,6 +202,7 @@ impl Store for SqliteStore {
             .bind(fold_key)
             .bind(ms(Utc::now()))
             .bind(&self.instance)
+            .bind(!fanout)
             .execute(&mut *tx)
             .await?;
             if done.rows_affected() == 1 {
@@ -711,29 +713,23 @@ impl Store for SqliteStore {
         limit: u32,
     ) -> Result<Vec<String>, StoreError> {
         let alive_since = ms(Utc::now()) - stale.as_millis() as i64;
-        // One writer: the select and the update cannot interleave with another claimer's.
-        let mut tx = self.writer.begin().await?;
+        // One statement: claimers in other processes on the same file cannot interleave.
         let ids: Vec<String> = sqlx::query_scalar(
-            "SELECT a.id FROM approvals a
-             WHERE a.deliveries_done = 0 AND a.status = 'pending'
-               AND a.delivery_owner IS NOT ?1
-               AND NOT EXISTS (SELECT 1 FROM instances i
-                               WHERE i.id = a.delivery_owner AND i.last_seen >= ?2)
-             ORDER BY a.created_at LIMIT ?3",
+            "UPDATE approvals SET delivery_owner = ?1
+             WHERE id IN (
+                 SELECT a.id FROM approvals a
+                 WHERE a.deliveries_done = 0 AND a.status = 'pending'
+                   AND a.delivery_owner IS NOT ?1
+                   AND NOT EXISTS (SELECT 1 FROM instances i
+                                   WHERE i.id = a.delivery_owner AND i.last_seen >= ?2)
+                 ORDER BY a.created_at LIMIT ?3)
+             RETURNING id",
         )
         .bind(&self.instance)
         .bind(alive_since)
         .bind(i64::from(limit))
-        .fetch_all(&mut *tx)
+        .fetch_all(&self.writer)
         .await?;
-        for id in &ids {
-            sqlx::query("UPDATE approvals SET delivery_owner = ?2 WHERE id = ?1")
-                .bind(id)
-                .bind(&self.instance)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
         Ok(ids)
     }
 }

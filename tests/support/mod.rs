@@ -177,8 +177,9 @@ impl TestServer {
         extra: &str,
         channels: Vec<Arc<dyn Channel>>,
     ) -> Self {
+        // Few connections each: many test servers share one PostgreSQL (100 connections).
         let database = database_url
-            .map(|url| format!("url = {url:?}\n"))
+            .map(|url| format!("url = {url:?}\nmax_connections = 4\n"))
             .unwrap_or_default();
         let text = format!(
             "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n{server}\n[storage]\ndata_dir = {:?}\n{database}{BASE}\n{extra}",

@@ -22,22 +22,20 @@ pub fn server_url(what: &str) -> Option<String> {
     }
 }
 
-/// `url` with its database name replaced by `db`.
-pub fn with_database(url: &str, db: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((b, q)) => (b, Some(q)),
-        None => (url, None),
+/// `url` with its database name replaced by `name`.
+pub fn with_database(url: &str, name: &str) -> String {
+    let (scheme, rest) = url.split_once("://").expect("a postgres:// URL");
+    let (rest, query) = match rest.split_once('?') {
+        Some((r, q)) => (r, Some(q)),
+        None => (rest, None),
     };
-    // postgres://user@host:port/dbname: the database is after the slash following the host.
-    let after_scheme = base.find("://").map_or(0, |i| i + 3);
-    let root = match base[after_scheme..].find('/') {
-        Some(i) => &base[..after_scheme + i],
-        None => base,
-    };
-    match query {
-        Some(q) => format!("{root}/{db}?{q}"),
-        None => format!("{root}/{db}"),
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let mut out = format!("{scheme}://{authority}/{name}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(q);
     }
+    out
 }
 
 /// Create database `db` on the server at `url` unless it exists; answer its URL.
@@ -67,10 +65,53 @@ pub async fn ensure_database(url: &str, db: &str) -> String {
     with_database(url, db)
 }
 
-/// A new, empty database for one test; answers its URL.
-pub async fn fresh_database(url: &str) -> String {
-    let db = format!("approvald_t_{}", uuid::Uuid::new_v4().simple());
-    ensure_database(url, &db).await
+/// A database of its own on the test server for one test, dropped (best effort) when the
+/// test ends, even when it fails.
+pub struct TestDatabase {
+    pub url: String,
+    admin_url: String,
+    name: String,
+}
+
+impl TestDatabase {
+    pub async fn create(admin_url: &str) -> TestDatabase {
+        let name = format!("approvald_t_{}", uuid::Uuid::new_v4().simple());
+        let url = ensure_database(admin_url, &name).await;
+        TestDatabase {
+            url,
+            admin_url: admin_url.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin_url, name) = (self.admin_url.clone(), self.name.clone());
+        // Its own thread and runtime: Drop may run inside (or outside) the test's runtime.
+        let dropper = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                use sqlx::Connection;
+                if let Ok(mut admin) = sqlx::PgConnection::connect(&admin_url).await {
+                    let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
+                    if let Err(e) = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut admin)
+                        .await
+                    {
+                        eprintln!("could not drop test database {name}: {e}");
+                    }
+                    let _ = admin.close().await;
+                }
+            });
+        });
+        let _ = dropper.join();
+    }
 }
 
 /// The database a test server on data dir `dir` uses when the suite runs on PostgreSQL: the

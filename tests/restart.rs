@@ -244,3 +244,60 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     assert_eq!(answer["result"]["status"], "denied");
     assert_eq!(answer["result"]["reason"], "after restart");
 }
+
+/// A crash in the middle of sending prompts: after the restart the prompts that were never
+/// sent are sent (once the dead process has been silent long enough), and none twice.
+#[test]
+fn a_fan_out_cut_short_by_a_crash_is_finished_after_the_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().to_path_buf();
+    let two_targets = "[delivery]\nmode = \"targets\"\ntargets = [{ channel = \"chat-a\", to = \"ops\" }, { channel = \"chat-a\", to = \"leads\" }]\n";
+
+    let rt1 = tokio::runtime::Runtime::new().unwrap();
+    let id = rt1.block_on(async {
+        let a = TestChannel::new("chat-a", Transport::Discord);
+        a.stall_target("leads");
+        let s = TestServer::start_in(&dir, two_targets, as_channels(&[&a])).await;
+        let r = s
+            .request(json!({ "tool": "deploy", "command": "deploy prod", "timeout_ms": 120_000 }))
+            .await;
+        a.wait_until(Duration::from_secs(5), "the prompt to ops", |c| {
+            !c.is_empty()
+        })
+        .await;
+        r["id"].as_str().unwrap().to_string()
+    });
+    rt1.shutdown_background();
+
+    let rt2 = tokio::runtime::Runtime::new().unwrap();
+    rt2.block_on(async {
+        let a = TestChannel::new("chat-a", Transport::Discord);
+        let s = TestServer::start_in(&dir, two_targets, as_channels(&[&a])).await;
+        a.wait_until(
+            Duration::from_secs(30),
+            "the prompt the crash cut short",
+            |_| {
+                a.deliveries()
+                    .iter()
+                    .any(|(t, p, _)| t.to == "leads" && p.view.approval_id == id)
+            },
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let sent: Vec<String> = a.deliveries().into_iter().map(|(t, _, _)| t.to).collect();
+        assert_eq!(
+            sent,
+            vec!["leads".to_string()],
+            "ops already had its prompt"
+        );
+        let got = s.get(&id).await;
+        let mut to: Vec<String> = got["delivered_to"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["to"].as_str().unwrap_or_default().to_string())
+            .collect();
+        to.sort();
+        assert_eq!(to, vec!["leads", "ops"], "{got}");
+    });
+}

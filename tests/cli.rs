@@ -289,12 +289,17 @@ fn watch_prints_live_events_as_json_lines() {
     let mut seen = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let mut id = String::new();
+    let mut attempts = 0;
     while std::time::Instant::now() < deadline
         && !seen
             .iter()
             .any(|l: &String| l.contains("tool.approval.resolved"))
     {
         if id.is_empty() {
+            // A new command each time: an identical ask would fold into the first one, and
+            // announce nothing new to a watcher that subscribed after it.
+            attempts += 1;
+            let command = format!("make release {attempts}");
             let out = s.cli(
                 "dev-gateway-token",
                 &[
@@ -302,7 +307,7 @@ fn watch_prints_live_events_as_json_lines() {
                     "--tool",
                     "shell",
                     "--command",
-                    "make release",
+                    &command,
                     "--no-wait",
                 ],
             );

@@ -42,6 +42,10 @@ macro_rules! record_columns {
     };
 }
 
+mod group_commit;
+
+use group_commit::{GroupCommit, NewRow, Outcome, Write};
+
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// See the module docs.
@@ -50,6 +54,8 @@ pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
     instance: String,
+    /// The hot writes, committed in groups (see `group_commit`).
+    batch: GroupCommit,
 }
 
 fn ms(t: DateTime<Utc>) -> i64 {
@@ -89,6 +95,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let store = Self {
+            batch: GroupCommit::start(writer.clone()),
             writer,
             reader,
             instance: uuid::Uuid::new_v4().to_string(),
@@ -183,34 +190,26 @@ impl Store for SqliteStore {
         let json = serde_json::to_string(req)?;
         // Twice at most: an identical pending request may settle between the two statements.
         for _ in 0..2 {
-            let mut tx = self.writer.begin().await?;
-            let done = sqlx::query(
-                "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
-                 SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11
-                 WHERE ?8 IS NULL OR NOT EXISTS (
-                     SELECT 1 FROM approvals INDEXED BY approvals_fold
-                     WHERE fold_key = ?8 AND status = 'pending' AND expires_at > ?9)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&req.id)
-            .bind(&req.tool)
-            .bind(&req.agent_id)
-            .bind(&req.session_key)
-            .bind(&json)
-            .bind(ms(req.created_at))
-            .bind(ms(req.expires_at))
-            .bind(fold_key)
-            .bind(ms(Utc::now()))
-            .bind(&self.instance)
-            .bind(!fanout)
-            .execute(&mut *tx)
-            .await?;
-            if done.rows_affected() == 1 {
-                append_audits(&mut tx, audits).await?;
-                tx.commit().await?;
+            let row = NewRow {
+                id: req.id.clone(),
+                tool: req.tool.clone(),
+                agent_id: req.agent_id.clone(),
+                session_key: req.session_key.clone(),
+                json: json.clone(),
+                created_at: ms(req.created_at),
+                expires_at: ms(req.expires_at),
+                fold_key: fold_key.map(str::to_string),
+                now: ms(Utc::now()),
+                owner: self.instance.clone(),
+                fanout,
+            };
+            if let Outcome::Stored(true) = self
+                .batch
+                .write(Write::Insert(Box::new(row), audits.to_vec()))
+                .await?
+            {
                 return Ok(InsertOutcome::Inserted);
             }
-            tx.rollback().await?;
             if let Some(existing) = self.get(&req.id).await? {
                 return Ok(InsertOutcome::Exists(Box::new(existing)));
             }
@@ -323,40 +322,17 @@ impl Store for SqliteStore {
         resolution: Option<&Resolution>,
         audits: &[AuditEntry],
     ) -> Result<DecisionWrite, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        let inserted = sqlx::query(
-            "INSERT INTO decisions (approval_id, approver_key, seq, approval_json)
-             SELECT ?1, ?2, (SELECT COUNT(*) FROM decisions WHERE approval_id = ?1), ?3
-             WHERE EXISTS (SELECT 1 FROM approvals WHERE id = ?1 AND status = 'pending')
-             ON CONFLICT (approval_id, approver_key) DO NOTHING",
-        )
-        .bind(id)
-        .bind(approver_key)
-        .bind(serde_json::to_string(approval)?)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            let status: Option<String> =
-                sqlx::query_scalar("SELECT status FROM approvals WHERE id = ?1")
-                    .bind(id)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-            tx.rollback().await?;
-            return Ok(if status.as_deref() == Some("pending") {
-                DecisionWrite::ApproverAlreadyDecided
-            } else {
-                DecisionWrite::NotPending
-            });
+        let write = Write::Decision {
+            id: id.to_string(),
+            approver_key: approver_key.to_string(),
+            approval_json: serde_json::to_string(approval)?,
+            resolution: resolution.cloned(),
+            audits: audits.to_vec(),
+        };
+        match self.batch.write(write).await? {
+            Outcome::Decision(d) => Ok(d),
+            Outcome::Stored(_) => Err(StoreError("a decision answered as a store".into())),
         }
-        if let Some(resolution) = resolution
-            && !settle(&mut tx, id, resolution).await?
-        {
-            tx.rollback().await?;
-            return Ok(DecisionWrite::NotPending);
-        }
-        append_audits(&mut tx, audits).await?;
-        tx.commit().await?;
-        Ok(DecisionWrite::Recorded)
     }
 
     async fn resolve(
@@ -365,14 +341,15 @@ impl Store for SqliteStore {
         resolution: &Resolution,
         audits: &[AuditEntry],
     ) -> Result<bool, StoreError> {
-        let mut tx = self.writer.begin().await?;
-        if !settle(&mut tx, id, resolution).await? {
-            tx.rollback().await?;
-            return Ok(false);
+        let write = Write::Resolve {
+            id: id.to_string(),
+            resolution: resolution.clone(),
+            audits: audits.to_vec(),
+        };
+        match self.batch.write(write).await? {
+            Outcome::Stored(won) => Ok(won),
+            Outcome::Decision(_) => Err(StoreError("a resolution answered as a decision".into())),
         }
-        append_audits(&mut tx, audits).await?;
-        tx.commit().await?;
-        Ok(true)
     }
 
     async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError> {

@@ -556,7 +556,7 @@ impl ToolApprovalForwarder {
         let id = self.resolve_id(id).await?;
         // Subscribe before reading the store: a resolution is written to the store before
         // waiters are told, so one of the two always sees it.
-        let mut rx = self
+        let rx = self
             .inner
             .waiters
             .entry(id.clone())
@@ -578,10 +578,45 @@ impl ToolApprovalForwarder {
             });
             return Ok(rec);
         }
-        let until_expiry = (rec.request.expires_at - Utc::now())
-            .to_std()
-            .unwrap_or_default()
-            + Duration::from_secs(5);
+        self.block_until_settled(id, rx, rec.request.expires_at, timeout)
+            .await
+    }
+
+    /// [`Self::wait`] on the record [`Self::request`] just answered: while its expiry timer is
+    /// armed it is pending here, so it need not be read again.
+    pub async fn wait_on(
+        &self,
+        rec: ApprovalRecord,
+        timeout: Option<Duration>,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let id = rec.request.id.clone();
+        let rx = self
+            .inner
+            .waiters
+            .entry(id.clone())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        // `finish` stops the timer before it tells waiters: a timer still armed after we
+        // subscribed means we will be told.
+        if !self.inner.timers.contains_key(&id) {
+            drop(rx);
+            return self.wait(&id, timeout).await;
+        }
+        self.block_until_settled(id, rx, rec.request.expires_at, timeout)
+            .await
+    }
+
+    /// Block on `rx` until the request is settled, the deadline (and a grace) or `timeout`
+    /// passes (then answer it as stored), or the server stops.
+    async fn block_until_settled(
+        &self,
+        id: String,
+        mut rx: watch::Receiver<Option<Arc<ApprovalRecord>>>,
+        expires_at: DateTime<Utc>,
+        timeout: Option<Duration>,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let until_expiry =
+            (expires_at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(5);
         let limit = timeout.map_or(until_expiry, |t| t.min(until_expiry));
         let mut stopping = self.inner.shutting_down.subscribe();
         let settled = tokio::select! {
@@ -850,7 +885,22 @@ impl ToolApprovalForwarder {
                 return Err(self.final_state_error(&now));
             }
         }
-        let rec = self.load(&id).await?;
+        // What is stored now is `rec` plus this decision, unless something else wrote to the
+        // request meanwhile: another instance (PostgreSQL) or a prompt recorded after `rec`
+        // was read (only where prompts are sent). Otherwise it need not be read back.
+        let rec = if self.inner.config.storage.is_postgres()
+            || !self.targets_for(&rec.request).is_empty()
+        {
+            self.load(&id).await?
+        } else {
+            let mut now = rec;
+            now.approvals = approvals;
+            if let Some(r) = &resolution {
+                now.status = r.verdict.status();
+                now.resolution = Some(r.clone());
+            }
+            now
+        };
         match resolution {
             Some(resolution) => {
                 self.finish(rec.clone(), &resolution, false).await;
@@ -961,14 +1011,15 @@ impl ToolApprovalForwarder {
     /// announce, edit every prompt, and add a standing rule for approve-always.
     async fn finish(&self, rec: ApprovalRecord, resolution: &Resolution, from_timer: bool) {
         let id = rec.request.id.clone();
-        let shared = Arc::new(rec.clone());
-        if let Some((_, tx)) = self.inner.waiters.remove(&id) {
-            let _ = tx.send(Some(shared));
-        }
+        // The timer goes first: `wait_on` counts on an armed timer meaning "not told yet".
         if let Some((_, timer)) = self.inner.timers.remove(&id)
             && !from_timer
         {
             timer.abort();
+        }
+        let shared = Arc::new(rec.clone());
+        if let Some((_, tx)) = self.inner.waiters.remove(&id) {
+            let _ = tx.send(Some(shared));
         }
         self.inner.locks.remove(&id);
         let m = &self.inner.metrics;

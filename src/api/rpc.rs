@@ -229,7 +229,7 @@ async fn dispatch(
             if !wait || rec.status != Status::Pending {
                 return Ok(result_json(&rec));
             }
-            let rec = engine.wait(&rec.request.id, None).await?;
+            let rec = engine.wait_on(rec, None).await?;
             Ok(result_json(&rec))
         }
         "tool.approval.wait" => {

@@ -542,7 +542,7 @@ impl ToolApprovalForwarder {
         wait: Duration,
     ) -> Result<ApproveAnswer, ApprovalError> {
         if snap.approval.status == Status::Pending && !wait.is_zero() {
-            snap.approval = self.wait(&snap.approval.request.id, Some(wait)).await?;
+            snap.approval = self.wait_on(snap.approval.clone(), Some(wait)).await?;
         }
         self.settle_constraints(&mut snap).await?;
         let retry = self.inner.config.tasks.retry_after_seconds;

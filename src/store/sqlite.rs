@@ -137,66 +137,6 @@ impl SqliteStore {
     }
 }
 
-/// The compare-and-set every resolution goes through: only a pending request can be settled,
-/// so of two racing resolvers exactly one sees `true`.
-async fn settle(
-    conn: &mut sqlx::SqliteConnection,
-    id: &str,
-    resolution: &Resolution,
-) -> Result<bool, StoreError> {
-    let updated = sqlx::query(
-        "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
-         WHERE id = ?1 AND status = 'pending'",
-    )
-    .bind(id)
-    .bind(resolution.verdict.status().as_str())
-    .bind(serde_json::to_string(resolution)?)
-    .bind(ms(resolution.resolved_at))
-    .execute(conn)
-    .await?;
-    Ok(updated.rows_affected() == 1)
-}
-
-/// Audit entries written in the caller's transaction, so a change and its audit line are
-/// durable together (and cost one commit, not two), in one statement however many there are.
-async fn append_audits(
-    conn: &mut sqlx::SqliteConnection,
-    entries: &[AuditEntry],
-) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
-    }
-    let rows: Vec<String> = (0..entries.len())
-        .map(|i| {
-            let b = i * 5;
-            format!(
-                "(?{}, ?{}, ?{}, ?{}, ?{})",
-                b + 1,
-                b + 2,
-                b + 3,
-                b + 4,
-                b + 5
-            )
-        })
-        .collect();
-    let sql = format!(
-        "INSERT INTO audit (at, approval_id, event, transport, entry_json) VALUES {}",
-        rows.join(", ")
-    );
-    // Built from numbered placeholders only: no value is part of the text.
-    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
-    for entry in entries {
-        query = query
-            .bind(ms(entry.at))
-            .bind(entry.approval_id.clone())
-            .bind(entry.event.as_str())
-            .bind(entry.transport.map(|t| t.as_str()))
-            .bind(serde_json::to_string(entry)?);
-    }
-    query.execute(&mut *conn).await?;
-    Ok(())
-}
-
 #[async_trait]
 impl Store for SqliteStore {
     async fn insert_request(

@@ -5,15 +5,16 @@
 //! waits for nobody. Every caller is answered only after the commit that holds its write, so
 //! "acknowledged" still means "durable".
 //!
-//! A write never leaves part of itself behind when it does not apply (a compare-and-set that
-//! loses writes nothing), so writes share a transaction without savepoints. Should a statement
+//! Each write is one multi-statement query (the change, then its audit lines guarded by
+//! `changes() = 1`): one round trip to SQLite's thread per write. A write never leaves part of
+//! itself behind when it does not apply (a compare-and-set that loses writes nothing), so
+//! writes share a transaction without savepoints. Should a statement
 //! fail (an error, not a lost race), the batch is rolled back and every write in it is retried
 //! in a transaction of its own, so one bad write cannot fail the others.
 
 use sqlx::SqlitePool;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{append_audits, settle};
 use crate::audit::AuditEntry;
 use crate::domain::Resolution;
 use crate::store::{DecisionWrite, StoreError};
@@ -130,35 +131,77 @@ async fn together(writer: &SqlitePool, writes: &[&Write]) -> Result<Vec<Outcome>
     Ok(outcomes)
 }
 
+/// `INSERT INTO audit` of `n` rows bound from `?first` on, written only when the statement
+/// before it in the same query changed exactly one row: a change and its audit lines go to
+/// SQLite in one round trip, and a change that did not apply leaves no audit line.
+fn audit_after_change(n: usize, first: usize) -> String {
+    let rows: Vec<String> = (0..n)
+        .map(|i| {
+            let b = first + i * 5;
+            format!("(?{}, ?{}, ?{}, ?{}, ?{})", b, b + 1, b + 2, b + 3, b + 4)
+        })
+        .collect();
+    format!(
+        "INSERT INTO audit (at, approval_id, event, transport, entry_json)
+         SELECT column1, column2, column3, column4, column5 FROM (VALUES {})
+         WHERE changes() = 1;",
+        rows.join(", ")
+    )
+}
+
+/// Bind `entries` (5 values each) after whatever `query` has.
+fn bind_audits<'q>(
+    mut query: sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>,
+    entries: &[AuditEntry],
+) -> Result<sqlx::query::Query<'q, sqlx::Sqlite, sqlx::sqlite::SqliteArguments>, StoreError> {
+    for entry in entries {
+        query = query
+            .bind(entry.at.timestamp_millis())
+            .bind(entry.approval_id.clone())
+            .bind(entry.event.as_str())
+            .bind(entry.transport.map(|t| t.as_str()))
+            .bind(serde_json::to_string(entry)?);
+    }
+    Ok(query)
+}
+
 async fn apply(conn: &mut sqlx::SqliteConnection, write: &Write) -> Result<Outcome, StoreError> {
     match write {
         Write::Insert(row, audits) => {
-            let done = sqlx::query(
+            let mut sql = String::from(
                 "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
                  SELECT ?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11
                  WHERE ?8 IS NULL OR NOT EXISTS (
                      SELECT 1 FROM approvals INDEXED BY approvals_fold
                      WHERE fold_key = ?8 AND status = 'pending' AND expires_at > ?9)
-                 ON CONFLICT (id) DO NOTHING",
-            )
-            .bind(&row.id)
-            .bind(&row.tool)
-            .bind(&row.agent_id)
-            .bind(&row.session_key)
-            .bind(&row.json)
-            .bind(row.created_at)
-            .bind(row.expires_at)
-            .bind(&row.fold_key)
-            .bind(row.now)
-            .bind(&row.owner)
-            .bind(!row.fanout)
-            .execute(&mut *conn)
-            .await?;
-            let stored = done.rows_affected() == 1;
-            if stored {
-                append_audits(conn, audits).await?;
+                 ON CONFLICT (id) DO NOTHING;",
+            );
+            if !audits.is_empty() {
+                sql.push_str(&audit_after_change(audits.len(), 12));
             }
-            Ok(Outcome::Stored(stored))
+            // Numbered placeholders only: no value is part of the text.
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&row.id)
+                .bind(&row.tool)
+                .bind(&row.agent_id)
+                .bind(&row.session_key)
+                .bind(&row.json)
+                .bind(row.created_at)
+                .bind(row.expires_at)
+                .bind(&row.fold_key)
+                .bind(row.now)
+                .bind(&row.owner)
+                .bind(!row.fanout);
+            let done = bind_audits(query, audits)?.execute(&mut *conn).await?;
+            match done.rows_affected() {
+                0 => Ok(Outcome::Stored(false)),
+                n if n == 1 + audits.len() as u64 => Ok(Outcome::Stored(true)),
+                n => Err(StoreError(format!(
+                    "inserting {} changed {n} rows, not {}",
+                    row.id,
+                    1 + audits.len()
+                ))),
+            }
         }
         Write::Decision {
             id,
@@ -167,52 +210,84 @@ async fn apply(conn: &mut sqlx::SqliteConnection, write: &Write) -> Result<Outco
             resolution,
             audits,
         } => {
-            let inserted = sqlx::query(
+            let mut sql = String::from(
                 "INSERT INTO decisions (approval_id, approver_key, seq, approval_json)
                  SELECT ?1, ?2, (SELECT COUNT(*) FROM decisions WHERE approval_id = ?1), ?3
                  WHERE EXISTS (SELECT 1 FROM approvals WHERE id = ?1 AND status = 'pending')
-                 ON CONFLICT (approval_id, approver_key) DO NOTHING",
-            )
-            .bind(id)
-            .bind(approver_key)
-            .bind(approval_json)
-            .execute(&mut *conn)
-            .await?;
-            if inserted.rows_affected() == 0 {
-                // Nothing was written: say why.
-                let status: Option<String> =
-                    sqlx::query_scalar("SELECT status FROM approvals WHERE id = ?1")
-                        .bind(id)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                return Ok(Outcome::Decision(if status.as_deref() == Some("pending") {
-                    DecisionWrite::ApproverAlreadyDecided
-                } else {
-                    DecisionWrite::NotPending
-                }));
+                 ON CONFLICT (approval_id, approver_key) DO NOTHING;",
+            );
+            let mut next = 4;
+            if resolution.is_some() {
+                // The settle, only when the decision went in (and so the request was pending).
+                sql.push_str(
+                    "UPDATE approvals SET status = ?4, resolution_json = ?5, resolved_at = ?6
+                     WHERE id = ?1 AND status = 'pending' AND changes() = 1;",
+                );
+                next = 7;
             }
-            // The insert saw it pending and this transaction holds the only writer: the
-            // settle cannot lose. If it did, the batch would be retried write by write.
-            if let Some(resolution) = resolution
-                && !settle(conn, id, resolution).await?
-            {
-                return Err(StoreError(format!(
-                    "{id} stopped being pending inside one transaction"
-                )));
+            if !audits.is_empty() {
+                sql.push_str(&audit_after_change(audits.len(), next));
             }
-            append_audits(conn, audits).await?;
-            Ok(Outcome::Decision(DecisionWrite::Recorded))
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .bind(approver_key)
+                .bind(approval_json);
+            if let Some(r) = resolution {
+                query = query
+                    .bind(r.verdict.status().as_str())
+                    .bind(serde_json::to_string(r)?)
+                    .bind(r.resolved_at.timestamp_millis());
+            }
+            let done = bind_audits(query, audits)?.execute(&mut *conn).await?;
+            let expected = 1 + u64::from(resolution.is_some()) + audits.len() as u64;
+            match done.rows_affected() {
+                0 => {
+                    // Nothing was written: say why.
+                    let status: Option<String> =
+                        sqlx::query_scalar("SELECT status FROM approvals WHERE id = ?1")
+                            .bind(id)
+                            .fetch_optional(&mut *conn)
+                            .await?;
+                    Ok(Outcome::Decision(if status.as_deref() == Some("pending") {
+                        DecisionWrite::ApproverAlreadyDecided
+                    } else {
+                        DecisionWrite::NotPending
+                    }))
+                }
+                n if n == expected => Ok(Outcome::Decision(DecisionWrite::Recorded)),
+                // The insert saw it pending and this transaction holds the only writer, so the
+                // settle cannot lose; if it did, the batch is retried write by write.
+                n => Err(StoreError(format!(
+                    "a decision on {id} changed {n} rows, not {expected}"
+                ))),
+            }
         }
         Write::Resolve {
             id,
             resolution,
             audits,
         } => {
-            let won = settle(conn, id, resolution).await?;
-            if won {
-                append_audits(conn, audits).await?;
+            let mut sql = String::from(
+                "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
+                 WHERE id = ?1 AND status = 'pending';",
+            );
+            if !audits.is_empty() {
+                sql.push_str(&audit_after_change(audits.len(), 5));
             }
-            Ok(Outcome::Stored(won))
+            let query = sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(id)
+                .bind(resolution.verdict.status().as_str())
+                .bind(serde_json::to_string(resolution)?)
+                .bind(resolution.resolved_at.timestamp_millis());
+            let done = bind_audits(query, audits)?.execute(&mut *conn).await?;
+            match done.rows_affected() {
+                0 => Ok(Outcome::Stored(false)),
+                n if n == 1 + audits.len() as u64 => Ok(Outcome::Stored(true)),
+                n => Err(StoreError(format!(
+                    "resolving {id} changed {n} rows, not {}",
+                    1 + audits.len()
+                ))),
+            }
         }
     }
 }

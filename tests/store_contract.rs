@@ -179,6 +179,7 @@ macro_rules! contract {
 contract!(
     round_trip => 4,
     resolve_race => 52,
+    expiry_storm => 3,
     decision_race => 22,
     same_approver_twice => 12,
     fold_race => 22,
@@ -606,6 +607,68 @@ async fn resolve_race(db: &Db) {
     let late = resolution(Verdict::Approve, None, "late");
     assert!(!handles[1].resolve("race-1", &late, &[]).await.unwrap());
     assert!(!handles[1].resolve("nope", &late, &[]).await.unwrap());
+}
+
+/// An expiry storm on one instance: 200 requests due at once, each expired by two timers
+/// racing (300 resolutions in flight, many sharing a write): each request is settled once,
+/// with one audit line, and a request already settled is left alone.
+async fn expiry_storm(db: &Db) {
+    let store = db.handle().await;
+    for i in 0..200 {
+        insert(&*store, &request(&format!("storm-{i:03}"))).await;
+    }
+    let early = resolution(Verdict::Approve, Some(&person("bob")), "decided first");
+    assert!(store.resolve("storm-000", &early, &[]).await.unwrap());
+    let ids: Vec<String> = (0..200)
+        .map(|i| format!("storm-{i:03}"))
+        .chain((0..100).map(|i| format!("storm-{:03}", i * 2)))
+        .collect();
+    let results = join_all(ids.iter().map(|id| {
+        let store = store.clone();
+        async move {
+            let r = resolution(Verdict::Timeout, None, "no decision before the deadline");
+            let audits = [audit(AuditEvent::Expired, id, json!({}))];
+            (
+                id.clone(),
+                store.resolve(id, &r, &audits).await.expect("resolve"),
+            )
+        }
+    }))
+    .await;
+    let mut won: Vec<&String> = results
+        .iter()
+        .filter(|(_, w)| *w)
+        .map(|(id, _)| id)
+        .collect();
+    won.sort();
+    let expected: Vec<String> = (1..200).map(|i| format!("storm-{i:03}")).collect();
+    assert_eq!(
+        won,
+        expected.iter().collect::<Vec<_>>(),
+        "each settled exactly once"
+    );
+    for id in &expected {
+        let rec = store.get(id).await.unwrap().expect("stored");
+        assert_eq!(rec.status, Status::Expired, "{id}");
+        let lines = audit_of(&*store, id).await;
+        let expiries = lines
+            .iter()
+            .filter(|e| e.event == AuditEvent::Expired)
+            .count();
+        assert_eq!(expiries, 1, "{id}: one expiry line");
+    }
+    let first = store.get("storm-000").await.unwrap().expect("stored");
+    assert_eq!(
+        first.status,
+        Status::Approved,
+        "a settled request stays as it was"
+    );
+    assert!(
+        audit_of(&*store, "storm-000")
+            .await
+            .iter()
+            .all(|e| e.event != AuditEvent::Expired)
+    );
 }
 
 /// Twenty approvers on twenty instances each decide with a resolution at once: one decision is

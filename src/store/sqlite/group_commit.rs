@@ -124,10 +124,103 @@ async fn run(writer: SqlitePool, mut rx: mpsc::UnboundedReceiver<Job>) {
 async fn together(writer: &SqlitePool, writes: &[&Write]) -> Result<Vec<Outcome>, StoreError> {
     let mut tx = writer.begin().await?;
     let mut outcomes = Vec::with_capacity(writes.len());
-    for write in writes {
-        outcomes.push(apply(&mut tx, write).await?);
+    let mut i = 0;
+    while i < writes.len() {
+        // A run of resolutions (an expiry storm: thousands due in the same second) goes in
+        // two statements, not one per request.
+        let run = writes[i..]
+            .iter()
+            .take_while(|w| matches!(w, Write::Resolve { .. }))
+            .count();
+        if run >= 2 {
+            outcomes.extend(resolve_many(&mut tx, &writes[i..i + run]).await?);
+            i += run;
+        } else {
+            outcomes.push(apply(&mut tx, writes[i]).await?);
+            i += 1;
+        }
     }
     tx.commit().await?;
+    Ok(outcomes)
+}
+
+/// Settle several requests in one `UPDATE ... FROM (VALUES ...) RETURNING id` (each still
+/// only if pending), then write the audit lines of those that were, in one `INSERT`.
+async fn resolve_many(
+    conn: &mut sqlx::SqliteConnection,
+    writes: &[&Write],
+) -> Result<Vec<Outcome>, StoreError> {
+    // An id twice in one run (two expiries racing) is settled by its first write only.
+    let mut seen = std::collections::HashSet::new();
+    let first: Vec<bool> = writes
+        .iter()
+        .map(|w| match w {
+            Write::Resolve { id, .. } => seen.insert(id.as_str()),
+            _ => false,
+        })
+        .collect();
+    let count = first.iter().filter(|f| **f).count();
+    let rows: Vec<String> = (0..count)
+        .map(|i| {
+            let b = i * 4;
+            format!("(?{}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3, b + 4)
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE approvals SET status = v.column2, resolution_json = v.column3, resolved_at = v.column4
+         FROM (VALUES {}) AS v
+         WHERE approvals.id = v.column1 AND approvals.status = 'pending'
+         RETURNING approvals.id",
+        rows.join(", ")
+    );
+    // Numbered placeholders only; its text changes with the count, so it is not cached.
+    let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).persistent(false);
+    for (write, first) in writes.iter().zip(&first) {
+        if let Write::Resolve { id, resolution, .. } = write
+            && *first
+        {
+            query = query
+                .bind(id.as_str())
+                .bind(resolution.verdict.status().as_str())
+                .bind(serde_json::to_string(resolution)?)
+                .bind(resolution.resolved_at.timestamp_millis());
+        }
+    }
+    let won: std::collections::HashSet<String> =
+        query.fetch_all(&mut *conn).await?.into_iter().collect();
+    let mut audits: Vec<&AuditEntry> = Vec::new();
+    let mut outcomes = Vec::with_capacity(writes.len());
+    for (write, first) in writes.iter().zip(&first) {
+        if let Write::Resolve { id, audits: a, .. } = write {
+            let settled = *first && won.contains(id);
+            if settled {
+                audits.extend(a.iter());
+            }
+            outcomes.push(Outcome::Stored(settled));
+        }
+    }
+    if !audits.is_empty() {
+        let rows: Vec<String> = (0..audits.len())
+            .map(|i| {
+                let b = i * 5;
+                format!(
+                    "(?{}, ?{}, ?{}, ?{}, ?{})",
+                    b + 1,
+                    b + 2,
+                    b + 3,
+                    b + 4,
+                    b + 5
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO audit (at, approval_id, event, transport, entry_json) VALUES {}",
+            rows.join(", ")
+        );
+        let query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
+        let owned: Vec<AuditEntry> = audits.into_iter().cloned().collect();
+        bind_audits(query, &owned)?.execute(&mut *conn).await?;
+    }
     Ok(outcomes)
 }
 

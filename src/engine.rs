@@ -556,12 +556,7 @@ impl ToolApprovalForwarder {
         let id = self.resolve_id(id).await?;
         // Subscribe before reading the store: a resolution is written to the store before
         // waiters are told, so one of the two always sees it.
-        let rx = self
-            .inner
-            .waiters
-            .entry(id.clone())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
+        let rx = self.subscribe_waiter(&id);
         let rec = self.load(&id).await?;
         if rec.request.id != id {
             // An alias or a task id: wait on the request it names.
@@ -590,12 +585,7 @@ impl ToolApprovalForwarder {
         timeout: Option<Duration>,
     ) -> Result<ApprovalRecord, ApprovalError> {
         let id = rec.request.id.clone();
-        let rx = self
-            .inner
-            .waiters
-            .entry(id.clone())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
+        let rx = self.subscribe_waiter(&id);
         // `finish` stops the timer before it tells waiters: a timer still armed after we
         // subscribed means we will be told.
         if !self.inner.timers.contains_key(&id) {
@@ -604,6 +594,15 @@ impl ToolApprovalForwarder {
         }
         self.block_until_settled(id, rx, rec.request.expires_at, timeout)
             .await
+    }
+
+    /// Be told when `id` is settled (`finish` sends the record).
+    fn subscribe_waiter(&self, id: &str) -> watch::Receiver<Option<Arc<ApprovalRecord>>> {
+        self.inner
+            .waiters
+            .entry(id.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe()
     }
 
     /// Block on `rx` until the request is settled, the deadline (and a grace) or `timeout`

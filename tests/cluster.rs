@@ -13,13 +13,13 @@ mod support;
 mod fake_telegram;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use approvald_channel::{Decision, TestChannel, Transport};
 use fake_telegram::{FakeTelegram, Fault};
 use futures::StreamExt;
 use serde_json::{Value, json};
+use support::daemon::Daemon;
 use support::*;
 
 /// Prompts go to one room of the test channel; timeouts are announced in another.
@@ -406,83 +406,22 @@ async fn a_control_ui_session_made_on_one_instance_works_on_another() {
 
 // ----- real processes: leader election and fan-out takeover ----------------------------------
 
-/// An `approvald serve` process, killed (SIGKILL) when dropped.
-struct Instance {
-    child: Child,
-    url: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Instance {
-    fn start(database: &str, extra: &str) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = free_port();
-        let config = dir.path().join("config.toml");
-        let mut f = std::fs::File::create(&config).expect("config file");
-        write!(
-            f,
-            "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = {:?}\nurl = {database:?}\n{}\n{extra}",
-            dir.path().join("data").display().to_string(),
-            base_for_binary()
-        )
-        .expect("write config");
-        drop(f);
-        let child = Command::new(env!("CARGO_BIN_EXE_approvald"))
-            .args(["serve", "--config"])
-            .arg(&config)
-            .env("APPROVALD_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.path().join("stderr.log")).expect("log file"))
-            .spawn()
-            .expect("spawn approvald");
-        Self {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            _dir: dir,
-        }
-    }
-
-    /// What the process logged (warnings and errors).
-    fn log(&self) -> String {
-        std::fs::read_to_string(self._dir.path().join("stderr.log")).unwrap_or_default()
-    }
-
-    async fn ready(&mut self) {
-        let http = reqwest::Client::new();
-        for _ in 0..400 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!(
-                    "approvald exited ({status}) before serving:\n{}",
-                    self.log()
-                );
-            }
-            if http
-                .get(format!("{}/healthz", self.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "approvald did not become ready at {}:\n{}",
-            self.url,
-            self.log()
-        );
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        self.kill();
-    }
+/// An `approvald serve` process on `database`, with its own data dir (dropped after it).
+fn start_instance(database: &str, extra: &str) -> (tempfile::TempDir, Daemon) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = free_port();
+    let config = dir.path().join("config.toml");
+    let mut f = std::fs::File::create(&config).expect("config file");
+    write!(
+        f,
+        "[server]\nlisten = \"127.0.0.1:{port}\"\n[storage]\ndata_dir = {:?}\nurl = {database:?}\n{}\n{extra}",
+        dir.path().join("data").display().to_string(),
+        base_for_binary()
+    )
+    .expect("write config");
+    drop(f);
+    let daemon = Daemon::start(&config, &format!("http://127.0.0.1:{port}"));
+    (dir, daemon)
 }
 
 fn telegram(fake: &FakeTelegram, receive: &str) -> String {
@@ -519,14 +458,14 @@ async fn only_the_leader_polls_telegram_and_another_takes_over_when_it_dies() {
     let db = pg::TestDatabase::create(&server).await;
     let fake = FakeTelegram::start("123:leader");
     let extra = telegram(&fake, "");
-    let mut first = Instance::start(&db.url, &extra);
+    let (_first_dir, mut first) = start_instance(&db.url, &extra);
     first.ready().await;
     eventually("the first instance polls", || {
         let n = fake.calls_of("getupdates").len();
         async move { n >= 2 }
     })
     .await;
-    let mut second = Instance::start(&db.url, &extra);
+    let (_second_dir, mut second) = start_instance(&db.url, &extra);
     second.ready().await;
     // Both run for a while: a second poller would make the fake answer 409.
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -541,7 +480,7 @@ async fn only_the_leader_polls_telegram_and_another_takes_over_when_it_dies() {
     );
 
     // The leader dies: the other takes over polling within 10 s.
-    first.kill();
+    first.kill9();
     let killed = std::time::Instant::now();
     let deadline = Duration::from_secs(10);
     loop {
@@ -622,8 +561,8 @@ async fn a_fan_out_left_by_a_dead_instance_is_finished_by_another() {
         &fake,
         "receive = \"webhook\"\nwebhook_secret = \"s3cret-s3cret\"\nwebhook_url = \"https://approvald.example/telegram\"",
     );
-    let mut first = Instance::start(&db.url, &extra);
-    let mut second = Instance::start(&db.url, &extra);
+    let (_first_dir, mut first) = start_instance(&db.url, &extra);
+    let (_second_dir, mut second) = start_instance(&db.url, &extra);
     first.ready().await;
     second.ready().await;
     // The first instance's send hangs; it dies with the fan-out unfinished.
@@ -643,7 +582,7 @@ async fn a_fan_out_left_by_a_dead_instance_is_finished_by_another() {
         async move { n >= 1 }
     })
     .await;
-    first.kill();
+    first.kill9();
     let killed = Instant::now();
     let mut delivered = Vec::new();
     while killed.elapsed() < Duration::from_secs(40) {

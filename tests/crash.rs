@@ -6,61 +6,17 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::{Value, json};
+use support::daemon::Daemon;
 use support::*;
 
 const PENDING: usize = 1_000;
 const SHORT: usize = 20;
-
-struct Daemon(Child);
-
-impl Daemon {
-    fn start(config: &std::path::Path) -> Self {
-        Self(
-            Command::new(env!("CARGO_BIN_EXE_approvald"))
-                .args(["serve", "--config"])
-                .arg(config)
-                .env("APPROVALD_LOG", "error")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn approvald"),
-        )
-    }
-
-    fn kill9(&mut self) {
-        self.0.kill().expect("SIGKILL");
-        self.0.wait().expect("reap");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-async fn ready(url: &str) {
-    let http = reqwest::Client::new();
-    for _ in 0..400 {
-        if http
-            .get(format!("{url}/healthz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("approvald did not become ready at {url}");
-}
 
 /// One call that may fail because the server died: `None` then.
 async fn try_rpc(
@@ -97,8 +53,8 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
     .unwrap();
     drop(f);
 
-    let mut daemon = Daemon::start(&config);
-    ready(&url).await;
+    let mut daemon = Daemon::start(&config, &url);
+    daemon.ready().await;
     let http = reqwest::Client::new();
 
     // 1,000 long requests and a few that expire soon after the restart.
@@ -172,8 +128,8 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
         "the kill landed while resolutions were in flight"
     );
 
-    let _daemon = Daemon::start(&config);
-    ready(&url).await;
+    let mut daemon = Daemon::start(&config, &url);
+    daemon.ready().await;
 
     // Every acknowledged request is there; every acknowledged resolution held; none twice.
     let mut approved = 0;

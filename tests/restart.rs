@@ -5,11 +5,11 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use approvald_channel::{ActionData, Decision, InboundReply, TestChannel, Transport};
 use serde_json::json;
+use support::daemon::Daemon;
 use support::*;
 
 const TARGET_A: &str =
@@ -101,56 +101,6 @@ fn pending_requests_survive_restart_with_timers_rearmed_and_old_buttons_working(
 
 // ----- the real binary, killed with SIGKILL ---------------------------------------------
 
-struct Daemon {
-    child: Child,
-    url: String,
-}
-
-impl Daemon {
-    fn start(config: &std::path::Path, url: &str) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_approvald"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env("APPROVALD_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn approvald");
-        Self {
-            child,
-            url: url.to_string(),
-        }
-    }
-
-    async fn ready(&self) {
-        let http = reqwest::Client::new();
-        for _ in 0..200 {
-            if http
-                .get(format!("{}/healthz", self.url))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("approvald did not become ready at {}", self.url);
-    }
-
-    fn kill9(&mut self) {
-        self.child.kill().expect("SIGKILL");
-        self.child.wait().expect("reap");
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test]
 async fn kill_dash_nine_loses_nothing_acknowledged() {
     let tmp = tempfile::tempdir().unwrap();
@@ -195,7 +145,7 @@ async fn kill_dash_nine_loses_nothing_acknowledged() {
     }
     d.kill9();
 
-    let d = Daemon::start(&config, &url);
+    let mut d = Daemon::start(&config, &url);
     d.ready().await;
     for (i, id) in ids.iter().enumerate() {
         let r = rpc_at(&url, ADMIN, "tool.approval.get", json!({ "id": id })).await;

@@ -2,6 +2,7 @@
 //! data dir, with in-process test channels, plus a small JSON-RPC client.
 #![allow(dead_code)]
 
+pub mod daemon;
 pub mod pg;
 
 use std::path::{Path, PathBuf};

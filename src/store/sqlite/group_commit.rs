@@ -160,18 +160,13 @@ async fn resolve_many(
         })
         .collect();
     let count = first.iter().filter(|f| **f).count();
-    let rows: Vec<String> = (0..count)
-        .map(|i| {
-            let b = i * 4;
-            format!("(?{}, ?{}, ?{}, ?{})", b + 1, b + 2, b + 3, b + 4)
-        })
-        .collect();
+    let rows = placeholders(count, 4, 1);
     let sql = format!(
         "UPDATE approvals SET status = v.column2, resolution_json = v.column3, resolved_at = v.column4
          FROM (VALUES {}) AS v
          WHERE approvals.id = v.column1 AND approvals.status = 'pending'
          RETURNING approvals.id",
-        rows.join(", ")
+        rows
     );
     // Numbered placeholders only; its text changes with the count, so it is not cached.
     let mut query = sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql)).persistent(false);
@@ -200,22 +195,10 @@ async fn resolve_many(
         }
     }
     if !audits.is_empty() {
-        let rows: Vec<String> = (0..audits.len())
-            .map(|i| {
-                let b = i * 5;
-                format!(
-                    "(?{}, ?{}, ?{}, ?{}, ?{})",
-                    b + 1,
-                    b + 2,
-                    b + 3,
-                    b + 4,
-                    b + 5
-                )
-            })
-            .collect();
+        let rows = placeholders(audits.len(), 5, 1);
         let sql = format!(
             "INSERT INTO audit (at, approval_id, event, transport, entry_json) VALUES {}",
-            rows.join(", ")
+            rows
         );
         let query = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         let owned: Vec<AuditEntry> = audits.into_iter().cloned().collect();
@@ -224,21 +207,29 @@ async fn resolve_many(
     Ok(outcomes)
 }
 
+/// `(?a, ?b, ...), (...)`: `rows` groups of `width` numbered placeholders, from `?first` on.
+fn placeholders(rows: usize, width: usize, first: usize) -> String {
+    (0..rows)
+        .map(|r| {
+            let cols: Vec<String> = (0..width)
+                .map(|c| format!("?{}", first + r * width + c))
+                .collect();
+            format!("({})", cols.join(", "))
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// `INSERT INTO audit` of `n` rows bound from `?first` on, written only when the statement
 /// before it in the same query changed exactly one row: a change and its audit lines go to
 /// SQLite in one round trip, and a change that did not apply leaves no audit line.
 fn audit_after_change(n: usize, first: usize) -> String {
-    let rows: Vec<String> = (0..n)
-        .map(|i| {
-            let b = first + i * 5;
-            format!("(?{}, ?{}, ?{}, ?{}, ?{})", b, b + 1, b + 2, b + 3, b + 4)
-        })
-        .collect();
+    let rows = placeholders(n, 5, first);
     format!(
         "INSERT INTO audit (at, approval_id, event, transport, entry_json)
          SELECT column1, column2, column3, column4, column5 FROM (VALUES {})
          WHERE changes() = 1;",
-        rows.join(", ")
+        rows
     )
 }
 

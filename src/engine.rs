@@ -115,6 +115,10 @@ struct Inner {
     waiters: DashMap<String, watch::Sender<Option<Arc<ApprovalRecord>>>>,
     /// Expiry timers of pending requests.
     timers: DashMap<String, tokio::task::AbortHandle>,
+    /// Where timers hand the ids that are due, to be expired in batches.
+    due: mpsc::UnboundedSender<String>,
+    /// Its other end, taken by the expiry worker at start.
+    due_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Serialises decisions on one request inside this process (the store's compare-and-set
     /// guards across processes).
     locks: DashMap<String, Arc<Mutex<()>>>,
@@ -166,6 +170,7 @@ impl ToolApprovalForwarder {
         }
         let upstream = Upstream::from_config(&config.assistant)?.map(Arc::new);
         let limiter = RequestLimiter::new(&config.limits);
+        let (due, due_rx) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
                 directory: Directory::new(config.clone()),
@@ -177,6 +182,8 @@ impl ToolApprovalForwarder {
                 metrics: Metrics::default(),
                 waiters: DashMap::new(),
                 timers: DashMap::new(),
+                due,
+                due_rx: std::sync::Mutex::new(Some(due_rx)),
                 locks: DashMap::new(),
                 standing: RwLock::new(Vec::new()),
                 upstream,
@@ -252,6 +259,7 @@ impl ToolApprovalForwarder {
         if let Ok(mut s) = self.inner.standing.write() {
             *s = standing;
         }
+        self.spawn_expiry_worker();
         let pending = self.inner.store.pending_deadlines().await?;
         self.inner.metrics.pending.set(pending.len() as i64);
         tracing::info!(pending = pending.len(), "re-arming expiry timers");
@@ -1079,11 +1087,12 @@ impl ToolApprovalForwarder {
         let engine = self.clone();
         let key = id.to_string();
         let delay = (deadline - Utc::now()).to_std().unwrap_or_default();
-        // The expiry work is boxed so each waiting timer task stays small (a sleep and an
-        // id): with 100,000 pending requests its size is most of their memory.
+        // A timer only sleeps and hands its id on: the expiry worker expires what is due in
+        // batches (one read, one write for thousands due in the same second), and a waiting
+        // timer task stays small (with 100,000 pending its size is most of their memory).
         let handle = tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            Box::pin(engine.expire(&key, true)).await;
+            let _ = engine.inner.due.send(key);
         });
         if let Some(old) = self
             .inner
@@ -1092,6 +1101,56 @@ impl ToolApprovalForwarder {
         {
             old.abort();
         }
+    }
+
+    /// Expire what timers say is due, in batches of what has come due together.
+    fn spawn_expiry_worker(&self) {
+        let Some(mut due) = self.inner.due_rx.lock().ok().and_then(|mut r| r.take()) else {
+            return;
+        };
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let mut batch = Vec::new();
+            while due.recv_many(&mut batch, 1024).await > 0 {
+                engine.expire_many(std::mem::take(&mut batch)).await;
+            }
+        });
+    }
+
+    /// Resolve every request of `ids` that is still pending as `timeout`: one read for all of
+    /// them, their settles queued together (the store commits them as one write), then each
+    /// finished as [`Self::expire`] would.
+    async fn expire_many(&self, ids: Vec<String>) {
+        let records = match self.inner.store.get_many(&ids).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(error = %e, due = ids.len(), "cannot load requests to expire them; retrying in 1s");
+                for id in ids {
+                    self.arm_timer(&id, Utc::now() + chrono::Duration::seconds(1));
+                }
+                return;
+            }
+        };
+        let expiries = records.into_iter().map(|rec| async move {
+            let id = rec.request.id.clone();
+            if rec.status != Status::Pending {
+                // Settled elsewhere without us hearing of it: answer our waiters now.
+                self.inner.timers.remove(&id);
+                self.inner.locks.remove(&id);
+                if let Some((_, tx)) = self.inner.waiters.remove(&id) {
+                    let _ = tx.send(Some(Arc::new(rec)));
+                }
+                return;
+            }
+            if rec.request.expires_at > Utc::now() + chrono::Duration::milliseconds(50) {
+                // Re-armed with a later deadline meanwhile: its own timer will come.
+                return;
+            }
+            let lock = self.lock_for(&id);
+            let _guard = lock.lock().await;
+            self.expire_pending(rec, true).await;
+        });
+        futures::future::join_all(expiries).await;
     }
 
     /// Resolve as `timeout` if still pending.
@@ -1115,6 +1174,14 @@ impl ToolApprovalForwarder {
                 return;
             }
         };
+        self.expire_pending(rec, from_timer).await;
+    }
+
+    /// Settle `rec` (pending when read, under its lock) as `timeout`, then finish it, unless
+    /// a decision or another instance got there first.
+    async fn expire_pending(&self, rec: ApprovalRecord, from_timer: bool) {
+        let id = rec.request.id.clone();
+        let id = id.as_str();
         let resolution = Resolution {
             verdict: Verdict::Timeout,
             scope: None,

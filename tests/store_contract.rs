@@ -180,6 +180,7 @@ contract!(
     round_trip => 4,
     resolve_race => 52,
     expiry_storm => 3,
+    get_many => 3,
     decision_race => 22,
     same_approver_twice => 12,
     fold_race => 22,
@@ -669,6 +670,28 @@ async fn expiry_storm(db: &Db) {
             .iter()
             .all(|e| e.event != AuditEvent::Expired)
     );
+}
+
+/// Several requests in one read: the ones that exist, whatever their state; unknown ids are
+/// left out.
+async fn get_many(db: &Db) {
+    let store = db.handle().await;
+    for id in ["many-a", "many-b", "many-c"] {
+        insert(&*store, &request(id)).await;
+    }
+    let done = resolution(Verdict::Deny, Some(&person("bob")), "no");
+    assert!(store.resolve("many-b", &done, &[]).await.unwrap());
+    let asked: Vec<String> = ["many-a", "many-b", "nope", "many-a"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut got = store.get_many(&asked).await.unwrap();
+    got.sort_by(|x, y| x.request.id.cmp(&y.request.id));
+    let ids: Vec<&str> = got.iter().map(|r| r.request.id.as_str()).collect();
+    assert_eq!(ids, ["many-a", "many-b"]);
+    assert_eq!(got[0], store.get("many-a").await.unwrap().expect("a"));
+    assert_eq!(got[1].status, Status::Denied);
+    assert!(store.get_many(&[]).await.unwrap().is_empty());
 }
 
 /// Twenty approvers on twenty instances each decide with a resolution at once: one decision is

@@ -119,6 +119,8 @@ pub trait Store: Send + Sync + 'static {
         fanout: bool,
     ) -> Result<InsertOutcome, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+    /// The requests of these ids that exist, in one read (an expiry storm), in no given order.
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<ApprovalRecord>, StoreError>;
     /// Just the status: a cheap check where the whole record is not needed.
     async fn status(&self, id: &str) -> Result<Option<Status>, StoreError>;
     /// Ids starting with `prefix`, at most `limit`.

@@ -364,6 +364,17 @@ impl Store for PostgresStore {
         row.as_ref().map(Self::load).transpose()
     }
 
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<ApprovalRecord>, StoreError> {
+        let rows = sqlx::query(concat!(
+            record_columns!(),
+            " FROM approvals a WHERE a.id = ANY($1)"
+        ))
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Self::load).collect()
+    }
+
     async fn status(&self, id: &str) -> Result<Option<Status>, StoreError> {
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM approvals WHERE id = $1")

@@ -213,6 +213,22 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn get_many(&self, ids: &[String]) -> Result<Vec<ApprovalRecord>, StoreError> {
+        // The ids as one JSON array: one statement text whatever their number.
+        let rows = sqlx::query(concat!(
+            record_columns!(),
+            " FROM approvals a WHERE a.id IN (SELECT value FROM json_each(?1))"
+        ))
+        .bind(serde_json::to_string(ids)?)
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            out.push(self.load(row).await?);
+        }
+        Ok(out)
+    }
+
     async fn status(&self, id: &str) -> Result<Option<Status>, StoreError> {
         let status: Option<String> =
             sqlx::query_scalar("SELECT status FROM approvals WHERE id = ?1")

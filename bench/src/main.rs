@@ -8,6 +8,8 @@
 
 mod client;
 mod cycle;
+mod fakes;
+mod fanout;
 mod pending_scale;
 mod proc;
 mod serve;
@@ -30,10 +32,12 @@ use crate::proc::ServerProcess;
     about = "Load scenarios for approvald, each beside its own floor"
 )]
 struct Cli {
-    /// Short runs for smoke testing: 2-second runs, 10,000 pending, 2,000 expiring.
+    /// Short runs for smoke testing: 2-second runs, 10,000 pending, 2,000 expiring, 100
+    /// rate-limited prompts per platform.
     #[arg(long, global = true)]
     quick: bool,
-    /// Measured seconds per run (default 10; 5 within `all`; 2 with --quick).
+    /// Measured seconds per run (default 10; 5 within `all` and for fanout-latency; 2 with
+    /// --quick).
     #[arg(long, global = true)]
     seconds: Option<f64>,
     #[command(subcommand)]
@@ -78,6 +82,25 @@ enum Scenario {
         /// Requests made to expire within the same second in part (d).
         #[arg(long)]
         expiring: Option<usize>,
+    },
+    /// Request -> prompt at each of three fake platforms (Telegram, Slack, Discord), requests
+    /// at a steady rate (default 5-second run).
+    FanoutLatency {
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
+    /// A burst of prompts to three fake platforms that enforce their published rate limits:
+    /// nothing lost, few 429s, total time near the minimum the limits allow.
+    RatelimitedFanout {
+        /// Prompts per platform (default 1,000; 100 with --quick).
+        #[arg(long)]
+        prompts: Option<usize>,
+        /// Chats (channels) per platform, each request goes to all (default 40; 10 with --quick).
+        #[arg(long)]
+        chats: Option<usize>,
+        /// approvald's pacing settings: its defaults, or a little under the limits.
+        #[arg(long, value_enum, default_value_t = fanout::Pacing::Default)]
+        pacing: fanout::Pacing,
     },
     /// Every scenario in turn, with short runs.
     All {
@@ -148,6 +171,14 @@ impl Env {
         ServerProcess::approvald(&config, port, self.tmp.path()).await
     }
 
+    /// approvald on a fresh data dir and a free port, with `extra` TOML added to its config.
+    pub async fn approvald_with(&self, extra: &str) -> anyhow::Result<ServerProcess> {
+        let dir = self.data_dir();
+        let port = proc::free_port();
+        let config = proc::write_config_with(&dir, &dir.join("db"), port, extra);
+        ServerProcess::approvald(&config, port, self.tmp.path()).await
+    }
+
     pub async fn echo(&self) -> anyhow::Result<ServerProcess> {
         ServerProcess::echo(self.tmp.path()).await
     }
@@ -211,6 +242,17 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Option<Value>> {
         ahead,
         caller_connections: 2,
     };
+    // fanout-latency runs 5 s by default, as within `all`.
+    let fanout_latency_opts = |rate| fanout::LatencyOptions {
+        rate,
+        seconds: seconds(true),
+    };
+    let ratelimited_opts =
+        |prompts: Option<usize>, chats: Option<usize>, pacing| fanout::RateLimitedOptions {
+            prompts: prompts.unwrap_or(if quick { 100 } else { 1000 }),
+            chats: chats.unwrap_or(if quick { 10 } else { 40 }),
+            pacing,
+        };
     let json = match cli.scenario {
         Scenario::Serve { config } => {
             serve::serve(&config).await?;
@@ -248,6 +290,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Option<Value>> {
         Scenario::PendingScale { pending, expiring } => {
             pending_scale::run(&Env::new(), pending_opts(pending, expiring)).await?
         }
+        Scenario::FanoutLatency { rate } => {
+            fanout::run_latency(&Env::new(), fanout_latency_opts(rate)).await?
+        }
+        Scenario::RatelimitedFanout {
+            prompts,
+            chats,
+            pacing,
+        } => fanout::run_ratelimited(&Env::new(), ratelimited_opts(prompts, chats, pacing)).await?,
         Scenario::All { pending } => {
             let env = Env::new();
             let results = vec![
@@ -256,6 +306,12 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Option<Value>> {
                 cycle::run(&env, cycle_opts(Mode::Http, true, 64, 4, true)).await?,
                 wait_latency::run(&env, wait_opts(200.0, 50, true)).await?,
                 pending_scale::run(&env, pending_opts(pending, None)).await?,
+                fanout::run_latency(&env, fanout_latency_opts(200.0)).await?,
+                fanout::run_ratelimited(
+                    &env,
+                    ratelimited_opts(None, None, fanout::Pacing::Default),
+                )
+                .await?,
             ];
             let misses: Vec<Value> = results
                 .iter()

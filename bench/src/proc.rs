@@ -49,7 +49,12 @@ pub fn free_port() -> u16 {
 /// The approvald config the bench runs with: loopback, durable SQLite in `data_dir`, one
 /// token per role, Alice an approver, no channels.
 pub fn write_config(dir: &Path, data_dir: &Path, port: u16) -> PathBuf {
-    let text = format!(
+    write_config_with(dir, data_dir, port, "")
+}
+
+/// [`write_config`] with `extra` TOML appended (channels, `[delivery]`).
+pub fn write_config_with(dir: &Path, data_dir: &Path, port: u16, extra: &str) -> PathBuf {
+    let mut text = format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
 max_body_bytes = 1048576
@@ -83,6 +88,7 @@ approver = true
 "#,
         data_dir = data_dir.display().to_string()
     );
+    text.push_str(extra);
     let path = dir.join("config.toml");
     std::fs::write(&path, text).expect("write bench config");
     path
@@ -214,6 +220,13 @@ impl ServerProcess {
     pub fn log_lines(&self) -> usize {
         std::fs::read_to_string(&self.log)
             .map(|t| t.lines().count())
+            .unwrap_or(0)
+    }
+
+    /// How many lines of the server's log contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        std::fs::read_to_string(&self.log)
+            .map(|t| t.lines().filter(|l| l.contains(needle)).count())
             .unwrap_or(0)
     }
 

@@ -100,7 +100,8 @@ pub struct DecisionAttempt {
     pub actor: Actor,
 }
 
-/// The longest one delivery, edit or notice may take before it counts as failed.
+/// The longest one edit or notice may take before it counts as failed; a prompt may take until
+/// its request's deadline if that is later.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
 struct Inner {
@@ -1300,9 +1301,13 @@ impl ToolApprovalForwarder {
             Some(channel) => match self.prompt(rec, channel.markup(), TemplateKind::Request) {
                 Err(e) => Err(e.to_string()),
                 Ok(prompt) => {
-                    match tokio::time::timeout(DELIVERY_TIMEOUT, channel.deliver(&target, &prompt))
-                        .await
-                    {
+                    // A prompt may wait in the platform's pacing queue (a burst to many chats
+                    // at its rate limit) for as long as the request can still be decided.
+                    let limit = (rec.request.expires_at - Utc::now())
+                        .to_std()
+                        .unwrap_or_default()
+                        .max(DELIVERY_TIMEOUT);
+                    match tokio::time::timeout(limit, channel.deliver(&target, &prompt)).await {
                         Ok(Ok(message)) => Ok(message),
                         Ok(Err(e)) => Err(e.message),
                         Err(_) => Err("timed out".to_string()),

@@ -1,15 +1,21 @@
 //! Sending pace. Slack allows about one message a second per conversation (bursts are
-//! answered with 429), so each call reserves the next free slot for its conversation and the
-//! next free global slot before it goes out. Slots are handed out in call order, so prompts
-//! queue fairly instead of racing into a 429. A 429 pushes the slots back by `Retry-After`.
+//! answered with 429), so each call reserves the next free slot for its conversation and a
+//! free global slot before it goes out. Calls to a conversation go out in call order; a call
+//! to an idle conversation is not kept waiting behind a busy one: the global pace keeps its
+//! own reservations and gives each call the earliest one free at or after the moment its
+//! conversation allows. A 429 pushes every slot back by `Retry-After`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use tokio::time::Instant;
 
 use crate::config::Pacing;
+
+/// Added to the per-conversation spacing: sends spaced exactly one second apart arrive less
+/// than a second apart whenever the network jitters, and earn a 429.
+const JITTER_MARGIN: Duration = Duration::from_millis(25);
 
 /// See the module docs.
 #[derive(Debug)]
@@ -20,7 +26,8 @@ pub struct Pacer {
 
 #[derive(Debug)]
 struct State {
-    global_next: Instant,
+    /// Global slots handed out and not yet past.
+    global: BTreeSet<Instant>,
     per_key: HashMap<String, Instant>,
     /// Set by a 429: calls that reserved a slot before it must not go out before this.
     held_until: Instant,
@@ -28,13 +35,12 @@ struct State {
 
 impl Pacer {
     pub fn new(pacing: Pacing) -> Self {
-        let now = Instant::now();
         Self {
             pacing,
             state: Mutex::new(State {
-                global_next: now,
+                global: BTreeSet::new(),
                 per_key: HashMap::new(),
-                held_until: now,
+                held_until: Instant::now(),
             }),
         }
     }
@@ -59,15 +65,31 @@ impl Pacer {
     fn reserve(&self, key: Option<&str>) -> Instant {
         let mut s = self.lock();
         let now = Instant::now();
-        let mut slot = s.global_next.max(now);
-        if let Some(k) = key {
-            if let Some(next) = s.per_key.get(k) {
-                slot = slot.max(*next);
-            }
-            s.per_key
-                .insert(k.to_string(), slot + self.pacing.per_channel);
+        let gap = self.pacing.global;
+        // Past slots no longer constrain anyone.
+        let horizon = now.checked_sub(gap).unwrap_or(now);
+        s.global = s.global.split_off(&horizon);
+        let mut slot = now.max(s.held_until);
+        if let Some(next) = key.and_then(|k| s.per_key.get(k)) {
+            slot = slot.max(*next);
         }
-        s.global_next = slot + self.pacing.global;
+        // The earliest moment at or after `slot` that is `gap` away from every reservation.
+        if !gap.is_zero() {
+            let from = slot.checked_sub(gap).unwrap_or(slot);
+            for taken in s.global.range(from..) {
+                if *taken >= slot + gap {
+                    break;
+                }
+                slot = slot.max(*taken + gap);
+            }
+            s.global.insert(slot);
+        }
+        if let Some(k) = key {
+            s.per_key.insert(
+                k.to_string(),
+                slot + self.pacing.per_channel + JITTER_MARGIN,
+            );
+        }
         // Forget conversations that are idle, so the map stays small.
         if s.per_key.len() > 1024 {
             s.per_key.retain(|_, next| *next > now);
@@ -81,7 +103,6 @@ impl Pacer {
         let mut s = self.lock();
         let until = Instant::now() + retry_after;
         s.held_until = s.held_until.max(until);
-        s.global_next = s.global_next.max(until);
         if let Some(k) = key {
             let next = s.per_key.entry(k.to_string()).or_insert(until);
             *next = (*next).max(until);
@@ -142,5 +163,60 @@ mod tests {
         p.hold(Some("C1"), Duration::from_secs(3));
         p.wait(Some("C9")).await;
         assert!(start.elapsed() >= Duration::from_secs(3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_conversation_does_not_hold_up_the_others() {
+        let p = std::sync::Arc::new(Pacer::new(Pacing {
+            per_channel: Duration::from_secs(1),
+            global: Duration::from_millis(50),
+        }));
+        let start = Instant::now();
+        // Ten messages queued for C1 reach a second apart...
+        let busy: Vec<_> = (0..10)
+            .map(|_| {
+                let p = p.clone();
+                tokio::spawn(async move {
+                    p.wait(Some("C1")).await;
+                    Instant::now()
+                })
+            })
+            .collect();
+        tokio::task::yield_now().await;
+        // ...while a message to another conversation goes out at once, not after them.
+        p.wait(Some("C2")).await;
+        assert!(
+            start.elapsed() < Duration::from_millis(200),
+            "{:?}",
+            start.elapsed()
+        );
+        let mut sent = Vec::new();
+        for b in busy {
+            sent.push(b.await.unwrap());
+        }
+        sent.sort();
+        for pair in sent.windows(2) {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_secs(1),
+                "{:?}",
+                pair[1] - pair[0]
+            );
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_global_pace_holds_across_conversations() {
+        let p = Pacer::new(Pacing {
+            per_channel: Duration::from_secs(1),
+            global: Duration::from_millis(50),
+        });
+        let mut at = Vec::new();
+        for i in 0..20 {
+            p.wait(Some(&format!("C{i}"))).await;
+            at.push(Instant::now());
+        }
+        for pair in at.windows(2) {
+            assert!(pair[1] - pair[0] >= Duration::from_millis(50));
+        }
     }
 }

@@ -277,7 +277,7 @@ impl SlackSettings {
             path,
             pacing: Pacing {
                 per_channel: millis("per_channel_interval_ms", 1000)?,
-                global: millis("global_interval_ms", 50)?,
+                global: millis("global_interval_ms", 20)?,
             },
             retry: RetryPolicy {
                 max_retries,

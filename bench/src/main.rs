@@ -7,6 +7,7 @@
 //!     cargo run --release -p approvald-bench -- all --quick
 
 mod client;
+mod cluster_wait;
 mod cycle;
 mod fakes;
 mod fanout;
@@ -102,6 +103,18 @@ enum Scenario {
         #[arg(long, value_enum, default_value_t = fanout::Pacing::Default)]
         pacing: fanout::Pacing,
     },
+    /// Two instances on PostgreSQL: a caller blocked on one, the decision sent to the other
+    /// (needs a PostgreSQL server; not part of `all`).
+    ClusterWait {
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Requests kept pending ahead of the resolver.
+        #[arg(long, default_value_t = 50)]
+        ahead: usize,
+        /// The server to make a scratch database on.
+        #[arg(long, env = "APPROVALD_BENCH_DATABASE_URL", default_value = cluster_wait::DEFAULT_DATABASE_URL)]
+        database_url: String,
+    },
     /// Every scenario in turn, with short runs.
     All {
         #[arg(long)]
@@ -177,6 +190,11 @@ impl Env {
         let port = proc::free_port();
         let config = proc::write_config_with(&dir, &dir.join("db"), port, extra);
         ServerProcess::approvald(&config, port, self.tmp.path()).await
+    }
+
+    /// The directory logs and configs go to.
+    pub fn root(&self) -> &Path {
+        self.tmp.path()
     }
 
     pub async fn echo(&self) -> anyhow::Result<ServerProcess> {
@@ -287,6 +305,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Option<Value>> {
         Scenario::WaitLatency { rate, ahead } => {
             wait_latency::run(&Env::new(), wait_opts(rate, ahead, false)).await?
         }
+        Scenario::ClusterWait {
+            rate,
+            ahead,
+            database_url,
+        } => cluster_wait::run(&Env::new(), wait_opts(rate, ahead, false), &database_url).await?,
         Scenario::PendingScale { pending, expiring } => {
             pending_scale::run(&Env::new(), pending_opts(pending, expiring)).await?
         }

@@ -36,19 +36,19 @@ struct Ahead {
 
 /// What one run measured.
 #[derive(Default)]
-struct WaitRun {
+pub(crate) struct WaitRun {
     /// Resolve sent -> the blocked caller's answer (approvald) or the echo (floor).
-    latency: Latency,
+    pub(crate) latency: Latency,
     /// Resolve sent -> the resolver's own answer.
-    resolve_rtt: Latency,
-    sent: u64,
-    errors: u64,
-    retries: u64,
-    first_error: Option<String>,
-    server_cpu: Duration,
+    pub(crate) resolve_rtt: Latency,
+    pub(crate) sent: u64,
+    pub(crate) errors: u64,
+    pub(crate) retries: u64,
+    pub(crate) first_error: Option<String>,
+    pub(crate) server_cpu: Duration,
     /// CPU other processes took during the window (noise).
-    other_cpu: Duration,
-    window: Duration,
+    pub(crate) other_cpu: Duration,
+    pub(crate) window: Duration,
 }
 
 pub async fn run(env: &Env, opts: WaitOptions) -> anyhow::Result<Value> {
@@ -57,7 +57,7 @@ pub async fn run(env: &Env, opts: WaitOptions) -> anyhow::Result<Value> {
         opts.rate, opts.seconds, opts.ahead
     );
     let server = env.approvald().await?;
-    let main = drive_approvald(&server, opts).await?;
+    let main = drive_approvald(&server, &server, opts).await?;
     server.stop().await;
     let echo = env.echo().await?;
     let floor = drive_floor(&echo, opts).await?;
@@ -142,14 +142,20 @@ pub async fn run(env: &Env, opts: WaitOptions) -> anyhow::Result<Value> {
     Ok(r.finish())
 }
 
-async fn drive_approvald(server: &ServerProcess, opts: WaitOptions) -> anyhow::Result<WaitRun> {
+/// Callers blocked on `server`, decisions sent to `resolver_at` (the same server, or another
+/// instance on the same database).
+pub(crate) async fn drive_approvald(
+    server: &ServerProcess,
+    resolver_at: &ServerProcess,
+    opts: WaitOptions,
+) -> anyhow::Result<WaitRun> {
     let mut callers = Vec::new();
     for _ in 0..opts.caller_connections.max(1) {
         callers.push(Arc::new(
             WsRpc::connect(&server.ws_url(), CALLER_TOKEN).await?,
         ));
     }
-    let resolver = Arc::new(WsRpc::connect(&server.ws_url(), RESOLVER_TOKEN).await?);
+    let resolver = Arc::new(WsRpc::connect(&resolver_at.ws_url(), RESOLVER_TOKEN).await?);
     let latency = Arc::new(Mutex::new(Latency::default()));
     let rtt = Arc::new(Mutex::new(Latency::default()));
     let errors = Arc::new(AtomicU64::new(0));

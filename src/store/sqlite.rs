@@ -58,6 +58,26 @@ pub struct SqliteStore {
     batch: GroupCommit,
 }
 
+/// Copy the WAL into the database file every second (PASSIVE: never waits for, nor blocks,
+/// the writer or readers), for as long as the store is open.
+async fn checkpoint_in_background(checkpointer: SqlitePool, writer: SqlitePool) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if writer.is_closed() {
+            checkpointer.close().await;
+            return;
+        }
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&checkpointer)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed (retried in a second)");
+        }
+    }
+}
+
 fn ms(t: DateTime<Utc>) -> i64 {
     t.timestamp_millis()
 }
@@ -82,13 +102,21 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
+        // The writer never checkpoints: a checkpoint copies the WAL into the database file
+        // and syncs it, which would stall the commit (and every caller waiting on it) that
+        // happened to trigger it. A connection of its own does it in the background instead.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone())
+            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
             .await?;
         MIGRATOR.run(&writer).await?;
+        let checkpointer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await?;
+        tokio::spawn(checkpoint_in_background(checkpointer, writer.clone()));
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(30))

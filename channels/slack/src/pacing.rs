@@ -85,10 +85,13 @@ impl Pacer {
             s.global.insert(slot);
         }
         if let Some(k) = key {
-            s.per_key.insert(
-                k.to_string(),
-                slot + self.pacing.per_channel + JITTER_MARGIN,
-            );
+            // No spacing asked for (pacing switched off), no margin either.
+            let spacing = if self.pacing.per_channel.is_zero() {
+                Duration::ZERO
+            } else {
+                self.pacing.per_channel + JITTER_MARGIN
+            };
+            s.per_key.insert(k.to_string(), slot + spacing);
         }
         // Forget conversations that are idle, so the map stays small.
         if s.per_key.len() > 1024 {
@@ -218,5 +221,18 @@ mod tests {
         for pair in at.windows(2) {
             assert!(pair[1] - pair[0] >= Duration::from_millis(50));
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn pacing_switched_off_sends_at_once() {
+        let p = Pacer::new(Pacing {
+            per_channel: Duration::ZERO,
+            global: Duration::ZERO,
+        });
+        let start = Instant::now();
+        for _ in 0..100 {
+            p.wait(Some("C1")).await;
+        }
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

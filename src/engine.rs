@@ -114,6 +114,11 @@ struct Inner {
     metrics: Metrics,
     /// Callers waiting on a pending request. A cache: the store is the truth.
     waiters: DashMap<String, watch::Sender<Option<Arc<ApprovalRecord>>>>,
+    /// Pending requests a caller is blocked on, as stored, so the decision that usually
+    /// follows is checked without reading them back. One instance only: where other
+    /// instances share the database (PostgreSQL) it is never filled. Kept in step by
+    /// `apply_decision`, emptied by `finish`.
+    hot: DashMap<String, Arc<ApprovalRecord>>,
     /// Expiry timers of pending requests.
     timers: DashMap<String, tokio::task::AbortHandle>,
     /// Where timers hand the ids that are due, to be expired in batches.
@@ -182,6 +187,7 @@ impl ToolApprovalForwarder {
                 events: EventBus::default(),
                 metrics: Metrics::default(),
                 waiters: DashMap::new(),
+                hot: DashMap::new(),
                 timers: DashMap::new(),
                 due,
                 due_rx: std::sync::Mutex::new(Some(due_rx)),
@@ -595,14 +601,18 @@ impl ToolApprovalForwarder {
     ) -> Result<ApprovalRecord, ApprovalError> {
         let id = rec.request.id.clone();
         let rx = self.subscribe_waiter(&id);
-        // `finish` stops the timer before it tells waiters: a timer still armed after we
-        // subscribed means we will be told.
+        let expires_at = rec.request.expires_at;
+        if !self.inner.config.storage.is_postgres() {
+            self.inner.hot.insert(id.clone(), Arc::new(rec));
+        }
+        // `finish` stops the timer before it empties `hot` and tells waiters: a timer still
+        // armed after we subscribed means we will be told (and our copy dropped).
         if !self.inner.timers.contains_key(&id) {
+            self.inner.hot.remove(&id);
             drop(rx);
             return self.wait(&id, timeout).await;
         }
-        self.block_until_settled(id, rx, rec.request.expires_at, timeout)
-            .await
+        self.block_until_settled(id, rx, expires_at, timeout).await
     }
 
     /// Be told when `id` is settled (`finish` sends the record).
@@ -728,7 +738,11 @@ impl ToolApprovalForwarder {
         let id = self.resolve_id(&attempt.id).await?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
-        let rec = self.load(&id).await?;
+        let hot = self.inner.hot.get(&id).map(|r| (**r).clone());
+        let rec = match hot {
+            Some(rec) => rec,
+            None => self.load(&id).await?,
+        };
         if rec.request.id != id {
             // An alias or a task id: decide on the request it names, under its lock.
             drop(_guard);
@@ -915,6 +929,9 @@ impl ToolApprovalForwarder {
                 Ok(rec)
             }
             None => {
+                if let Some(mut copy) = self.inner.hot.get_mut(&id) {
+                    *copy = Arc::new(rec.clone());
+                }
                 let progress = progress_text(&rec, min);
                 self.inner.events.publish(
                     events::UPDATED,
@@ -1025,6 +1042,7 @@ impl ToolApprovalForwarder {
         {
             timer.abort();
         }
+        self.inner.hot.remove(&id);
         let shared = Arc::new(rec.clone());
         if let Some((_, tx)) = self.inner.waiters.remove(&id) {
             let _ = tx.send(Some(shared));

@@ -462,6 +462,74 @@ async fn quorum_needs_distinct_people_shows_progress_and_any_deny_rejects() {
     assert_eq!(denied["reason"], "not today");
 }
 
+/// The same with the caller blocked in `tool.approval.request` and no chat channel: the path
+/// where decisions are checked against the engine's copy of the request rather than the store.
+#[tokio::test]
+async fn quorum_with_a_caller_blocked_on_its_request_counts_each_person_once() {
+    let s = TestServer::start("[approvals]\nmin_approvals = 2\n", vec![]).await;
+    let id = "5f0c7a52-1111-4e0e-9a5e-000000000001";
+    let caller = {
+        let url = s.url.clone();
+        tokio::spawn(async move {
+            rpc_at(
+                &url,
+                GATEWAY,
+                "tool.approval.request",
+                json!({ "id": id, "tool": "shell", "command": "deploy prod" }),
+            )
+            .await
+        })
+    };
+    eventually("the request is stored", || async {
+        s.rpc(ADMIN, "tool.approval.get", json!({ "id": id })).await["result"]["status"]
+            == "pending"
+    })
+    .await;
+    for (token, left) in [(ALICE, "pending"), (ALICE, "pending"), (BOB, "approved")] {
+        let r = s
+            .call(
+                token,
+                "tool.approval.resolve",
+                json!({ "id": id, "decision": "approve" }),
+            )
+            .await;
+        assert_eq!(r["status"], left, "{r}");
+    }
+    let answer = tokio::time::timeout(Duration::from_secs(5), caller)
+        .await
+        .expect("the caller is answered")
+        .unwrap();
+    assert_eq!(answer["result"]["status"], "approved", "{answer}");
+    let approvers: Vec<&str> = answer["result"]["approvals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["approver"]["display_name"].as_str().unwrap())
+        .collect();
+    assert_eq!(approvers, ["Alice", "Bob"]);
+    assert_eq!(s.get(id).await["approvals"].as_array().unwrap().len(), 2);
+    // Settled: a late decision is refused, as stored.
+    let (kind, _) = s
+        .error_kind(
+            CAROL,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "deny" }),
+        )
+        .await;
+    assert!(
+        kind == "already_resolved" || kind == "not_an_approver",
+        "{kind}"
+    );
+    let (kind, _) = s
+        .error_kind(
+            BOB,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "deny" }),
+        )
+        .await;
+    assert_eq!(kind, "already_resolved");
+}
+
 // ----- 6. only approvers ---------------------------------------------------------------
 
 #[tokio::test]

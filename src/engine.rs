@@ -333,7 +333,19 @@ impl ToolApprovalForwarder {
         }));
         // Prompts to send make it a fan-out another process finishes should this one die.
         let fanout = !self.targets_for(&req).is_empty();
-        match self
+        // The timer is armed before the request is stored: a decision that races the insert
+        // (a resolver handed the id at once) then finds it and stops it, so an armed timer
+        // always means "not settled here yet" (which `wait_on` relies on).
+        let armed_here = !self.inner.timers.contains_key(&req.id);
+        if armed_here {
+            self.arm_timer(&req.id, req.expires_at);
+        }
+        let disarm = |id: &str| {
+            if armed_here && let Some((_, timer)) = self.inner.timers.remove(id) {
+                timer.abort();
+            }
+        };
+        let stored = self
             .inner
             .store
             .insert_request(
@@ -342,8 +354,18 @@ impl ToolApprovalForwarder {
                 std::slice::from_ref(&requested),
                 fanout,
             )
-            .await?
-        {
+            .await;
+        let stored = match stored {
+            Ok(outcome) => outcome,
+            Err(e) => {
+                disarm(&req.id);
+                return Err(e.into());
+            }
+        };
+        if !matches!(stored, InsertOutcome::Inserted) {
+            disarm(&req.id);
+        }
+        match stored {
             InsertOutcome::Inserted => {}
             InsertOutcome::Folded(pending) => {
                 // The same ask is already waiting for people: wait on that one, no new prompt.
@@ -419,7 +441,6 @@ impl ToolApprovalForwarder {
         if rec.status != Status::Pending {
             return Ok(rec);
         }
-        self.arm_timer(&id, rec.request.expires_at);
         self.inner
             .events
             .publish(events::REQUESTED, self.view_json(&rec));
@@ -1150,6 +1171,13 @@ impl ToolApprovalForwarder {
                 return;
             }
         };
+        // Due before its insert committed (a very short timeout): look again in a second.
+        let found: HashSet<&str> = records.iter().map(|r| r.request.id.as_str()).collect();
+        for id in ids.iter().filter(|id| !found.contains(id.as_str())) {
+            if self.inner.timers.contains_key(id) {
+                self.arm_timer(id, Utc::now() + chrono::Duration::seconds(1));
+            }
+        }
         let expiries = records.into_iter().map(|rec| async move {
             let id = rec.request.id.clone();
             if rec.status != Status::Pending {

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use approvald_channel::{
     ActionData, Decision, InboundReply, Markup, RefusalKind, TestChannel, Transport,
 };
+use futures::StreamExt;
 use serde_json::{Value, json};
 use support::*;
 
@@ -528,6 +529,49 @@ async fn quorum_with_a_caller_blocked_on_its_request_counts_each_person_once() {
         )
         .await;
     assert_eq!(kind, "already_resolved");
+}
+
+/// A resolver handed the id at once (as a gateway's own approver bot may be) decides while the
+/// request is still being stored, again and again: every blocked caller still gets its answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decision_racing_the_request_it_decides_still_answers_the_caller() {
+    let s = TestServer::start("", vec![]).await;
+    let url = s.url.clone();
+    let rounds =
+        futures::stream::iter(0..1500).map(|i| {
+            let url = url.clone();
+            async move {
+                let id = uuid::Uuid::new_v4().to_string();
+                let caller =
+                    {
+                        let (url, id) = (url.clone(), id.clone());
+                        tokio::spawn(async move {
+                            rpc_at(&url, GATEWAY, "tool.approval.request",
+                        json!({ "id": id, "tool": "shell", "command": format!("race {i}") })).await
+                        })
+                    };
+                loop {
+                    let r = rpc_at(
+                        &url,
+                        ALICE,
+                        "tool.approval.resolve",
+                        json!({ "id": id, "decision": "approve" }),
+                    )
+                    .await;
+                    match r["error"]["data"]["kind"].as_str() {
+                        Some("unknown_id") => tokio::task::yield_now().await,
+                        None => break,
+                        Some(other) => panic!("resolve refused: {other}: {r}"),
+                    }
+                }
+                let answer = tokio::time::timeout(Duration::from_secs(10), caller)
+                    .await
+                    .unwrap_or_else(|_| panic!("the caller of round {i} was never answered"))
+                    .unwrap();
+                assert_eq!(answer["result"]["status"], "approved", "{answer}");
+            }
+        });
+    rounds.buffer_unordered(16).collect::<Vec<_>>().await;
 }
 
 // ----- 6. only approvers ---------------------------------------------------------------

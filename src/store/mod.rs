@@ -2,6 +2,15 @@
 //! PostgreSQL backend can be added without touching the engine. Anything that must survive a
 //! restart goes through here; the engine's in-memory maps are only caches and waiter lists.
 
+/// (Shared by both backends.) A task's status in SQL: its execution status once it has one, else what its approval says
+/// (a macro so queries stay static strings).
+macro_rules! task_status {
+    () => {
+        "COALESCE(t.execution, CASE a.status WHEN 'pending' THEN 'pending_approval' \
+         WHEN 'approved' THEN 'approved' WHEN 'denied' THEN 'rejected' ELSE 'expired' END)"
+    };
+}
+
 mod postgres;
 mod sqlite;
 
@@ -32,6 +41,15 @@ pub async fn open(
         }
         _ => Ok((Arc::new(SqliteStore::open(&config.data_dir).await?), None)),
     }
+}
+
+/// Times are kept as milliseconds since the epoch in both backends.
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
 }
 
 /// How a delivered message is looked up again: thread ids are left out because a reply in a

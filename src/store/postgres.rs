@@ -38,7 +38,10 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
-use super::{AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, message_key};
+use super::{
+    AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, from_ms, message_key,
+    ms,
+};
 use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
 use crate::rules::StandingRule;
@@ -48,15 +51,6 @@ use crate::tasks::{TaskRecord, TaskStatus};
 pub const LOCK_CLASS_FOLD: i32 = 0x4150_0001;
 /// Advisory lock class (key 0) every audit append holds until its transaction ends.
 pub const LOCK_CLASS_AUDIT: i32 = 0x4150_0002;
-
-/// A task's status in SQL: its execution status once it has one, else what its approval says
-/// (a macro so queries stay static strings).
-macro_rules! task_status {
-    () => {
-        "COALESCE(t.execution, CASE a.status WHEN 'pending' THEN 'pending_approval' \
-         WHEN 'approved' THEN 'approved' WHEN 'denied' THEN 'rejected' ELSE 'expired' END)"
-    };
-}
 
 /// The columns a whole record is read from, decisions and deliveries included as JSON arrays,
 /// so one query (not three) loads a request: reads are most of the work per request.
@@ -90,14 +84,6 @@ pub const DEFAULT_POOL: u32 = 16;
 pub struct PostgresStore {
     pool: PgPool,
     instance: String,
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(v).unwrap_or_default()
 }
 
 fn count(n: i64) -> u64 {

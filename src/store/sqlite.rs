@@ -14,21 +14,15 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 
-use super::{AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, message_key};
+use super::{
+    AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, from_ms, message_key,
+    ms,
+};
 use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
 use crate::rules::StandingRule;
 use crate::tasks::{TaskRecord, TaskStatus};
 use approvald_channel::MessageRef;
-
-/// A task's status in SQL: its execution status once it has one, else what its approval says
-/// (a macro so queries stay static strings).
-macro_rules! task_status {
-    () => {
-        "COALESCE(t.execution, CASE a.status WHEN 'pending' THEN 'pending_approval' \
-         WHEN 'approved' THEN 'approved' WHEN 'denied' THEN 'rejected' ELSE 'expired' END)"
-    };
-}
 
 /// The columns a whole record is read from, decisions and deliveries included as JSON arrays,
 /// so one query (not three) loads a request: reads are most of the work per request.
@@ -76,14 +70,6 @@ async fn checkpoint_in_background(checkpointer: SqlitePool, writer: SqlitePool) 
             tracing::warn!(error = %e, "WAL checkpoint failed (retried in a second)");
         }
     }
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(v).unwrap_or_default()
 }
 
 impl SqliteStore {

@@ -308,10 +308,6 @@ async fn approve_always_on_one_instance_applies_on_the_others() {
         }
     })
     .await;
-    assert!(
-        tries.load(std::sync::atomic::Ordering::Relaxed) <= 3,
-        "B heard of the rule within moments"
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

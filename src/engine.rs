@@ -1181,12 +1181,7 @@ impl ToolApprovalForwarder {
         let expiries = records.into_iter().map(|rec| async move {
             let id = rec.request.id.clone();
             if rec.status != Status::Pending {
-                // Settled elsewhere without us hearing of it: answer our waiters now.
-                self.inner.timers.remove(&id);
-                self.inner.locks.remove(&id);
-                if let Some((_, tx)) = self.inner.waiters.remove(&id) {
-                    let _ = tx.send(Some(Arc::new(rec)));
-                }
+                self.forget_settled(rec);
                 return;
             }
             if rec.request.expires_at > Utc::now() + chrono::Duration::milliseconds(50) {
@@ -1207,13 +1202,7 @@ impl ToolApprovalForwarder {
         let rec = match self.load(id).await {
             Ok(rec) if rec.status == Status::Pending => rec,
             Ok(rec) => {
-                // Settled elsewhere (another instance) without us hearing of it: answer our
-                // waiters now.
-                self.inner.locks.remove(id);
-                self.inner.timers.remove(id);
-                if let Some((_, tx)) = self.inner.waiters.remove(id) {
-                    let _ = tx.send(Some(Arc::new(rec)));
-                }
+                self.forget_settled(rec);
                 return;
             }
             Err(e) => {
@@ -1255,10 +1244,25 @@ impl ToolApprovalForwarder {
                 return;
             }
         }
-        let rec = ApprovalRecord {
-            status: Status::Expired,
-            resolution: Some(resolution.clone()),
-            ..rec
+        // Read before the lock was taken (a batch of expiries): prompts recorded since are
+        // read again, under the lock, so the expiry edits every one of them.
+        let rec = match self.targets_for(&rec.request).is_empty() {
+            true => ApprovalRecord {
+                status: Status::Expired,
+                resolution: Some(resolution.clone()),
+                ..rec
+            },
+            false => match self.load(id).await {
+                Ok(now) => now,
+                Err(e) => {
+                    tracing::warn!(id, error = %e, "cannot re-read an expired request; editing the prompts known");
+                    ApprovalRecord {
+                        status: Status::Expired,
+                        resolution: Some(resolution.clone()),
+                        ..rec
+                    }
+                }
+            },
         };
         self.finish(rec, &resolution, from_timer).await;
     }
@@ -1380,9 +1384,23 @@ impl ToolApprovalForwarder {
                 ("result", result.to_string()),
             ])
             .inc();
-        if let Err(e) = self.inner.store.record_delivery(id, &delivery).await {
-            tracing::error!(id = %id, error = %e, "cannot record delivery");
-        }
+        // Recorded and checked under the request's lock, which every settling here holds
+        // while it reads the prompts it will edit: either that reading includes this prompt
+        // (and the settling edits it) or this check sees the request settled (and edits it
+        // below). Never both, never neither.
+        let settled_meanwhile = {
+            let lock = self.lock_for(id);
+            let _guard = lock.lock().await;
+            if let Err(e) = self.inner.store.record_delivery(id, &delivery).await {
+                tracing::error!(id = %id, error = %e, "cannot record delivery");
+            }
+            let settled =
+                matches!(self.inner.store.status(id).await, Ok(Some(s)) if s != Status::Pending);
+            if settled {
+                self.inner.locks.remove(id);
+            }
+            settled
+        };
         let detail = json!({ "target": delivery.target, "message": delivery.message, "error": delivery.error });
         match (&channel, &delivery.message) {
             (Some(channel), Some(message)) => {
@@ -1392,8 +1410,7 @@ impl ToolApprovalForwarder {
                     .await;
                 self.inner.events.publish(events::DELIVERED, event);
                 // Settled while this prompt was on its way: show the outcome on it too.
-                if let Ok(Some(status)) = self.inner.store.status(id).await
-                    && status != Status::Pending
+                if settled_meanwhile
                     && let Ok(now) = self.load(id).await
                     && let Ok(p) =
                         self.prompt(&now, channel.markup(), TemplateKind::outcome(now.status))

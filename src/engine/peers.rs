@@ -15,7 +15,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use super::ToolApprovalForwarder;
-use crate::domain::Status;
+use crate::domain::{ApprovalRecord, Status};
 use crate::events;
 
 /// How often this instance says it is alive and looks for fan-outs to take over.
@@ -135,23 +135,35 @@ impl ToolApprovalForwarder {
 
     /// Another instance settled `id`: stop timing it and answer our waiters from the store.
     async fn settled_elsewhere(&self, id: &str) {
+        self.stop_timing(id);
+        if !self.inner.waiters.contains_key(id) {
+            return;
+        }
+        match self.inner.store.get(id).await {
+            Ok(Some(rec)) if rec.status != Status::Pending => self.forget_settled(rec),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(id, error = %e, "cannot load a request settled elsewhere"),
+        }
+    }
+
+    /// `rec` was settled without this instance finishing it (by another instance, or with
+    /// the announcement missed): stop timing it and answer our waiters with it.
+    pub(super) fn forget_settled(&self, rec: ApprovalRecord) {
+        let id = rec.request.id.clone();
+        self.stop_timing(&id);
+        if let Some((_, tx)) = self.inner.waiters.remove(&id) {
+            let _ = tx.send(Some(Arc::new(rec)));
+        }
+    }
+
+    /// Forget the timer, lock and copy of `id`; a timer still armed was counted as pending.
+    fn stop_timing(&self, id: &str) {
         if let Some((_, timer)) = self.inner.timers.remove(id) {
             timer.abort();
             self.inner.metrics.pending.dec();
         }
         self.inner.locks.remove(id);
-        if !self.inner.waiters.contains_key(id) {
-            return;
-        }
-        match self.inner.store.get(id).await {
-            Ok(Some(rec)) if rec.status != Status::Pending => {
-                if let Some((_, tx)) = self.inner.waiters.remove(id) {
-                    let _ = tx.send(Some(Arc::new(rec)));
-                }
-            }
-            Ok(_) => {}
-            Err(e) => tracing::warn!(id, error = %e, "cannot load a request settled elsewhere"),
-        }
+        self.inner.hot.remove(id);
     }
 
     async fn reload_standing_rules(&self) {

@@ -1471,3 +1471,137 @@ fn with_database_replaces_only_the_name() {
         "postgres://h:5432/x"
     );
 }
+
+// ----- SQLite only ---------------------------------------------------------------------------
+
+/// A database written before migration 0006 (decisions and audit lines keyed by the request's
+/// id alone) keeps every decision and audit line across the upgrade, and the database still
+/// refuses a second decision by the same person.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_upgrade_to_time_ordered_keys_keeps_decisions_and_audit() {
+    // Rows written by today's store, copied into a database that has only migrations 1-5.
+    let today = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(today.path()).await.expect("open");
+    let (alice, bob) = (person("alice"), person("bob"));
+    let (decided, waiting) = (request("up-decided"), request("up-waiting"));
+    insert(&store, &decided).await;
+    insert(&store, &waiting).await;
+    let first = store
+        .record_decision(
+            &decided.id,
+            "person:alice",
+            &approval(&alice, Decision::ApproveOnce),
+            None,
+            &[audit(AuditEvent::Decision, &decided.id, json!({ "n": 1 }))],
+        )
+        .await
+        .expect("decision");
+    assert_eq!(first, DecisionWrite::Recorded);
+    store
+        .audit_append(&AuditEntry::new(AuditEvent::RateLimited, None))
+        .await
+        .expect("audit");
+    let lines_before = audit_of(&store, &decided.id).await;
+    assert_eq!(lines_before.len(), 2);
+    drop(store);
+
+    let old = tempfile::tempdir().expect("tempdir");
+    let scripts = old.path().join("migrations");
+    std::fs::create_dir(&scripts).expect("mkdir");
+    for entry in std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"))
+        .expect("migrations")
+    {
+        let path = entry.expect("entry").path();
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        if name.as_str() < "0006" {
+            std::fs::copy(&path, scripts.join(&name)).expect("copy");
+        }
+    }
+    {
+        let options = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(old.path().join("approvald.db"))
+            .create_if_missing(true);
+        let mut conn = sqlx::SqliteConnection::connect_with(&options)
+            .await
+            .expect("connect");
+        sqlx::migrate::Migrator::new(scripts.as_path())
+            .await
+            .expect("migrator")
+            .run(&mut conn)
+            .await
+            .expect("migrations 1-5");
+        let from = today.path().join("approvald.db");
+        sqlx::query("ATTACH DATABASE ?1 AS today")
+            .bind(from.to_string_lossy().to_string())
+            .execute(&mut conn)
+            .await
+            .expect("attach");
+        for copy in [
+            "INSERT INTO approvals SELECT * FROM today.approvals",
+            "INSERT INTO decisions (approval_id, approver_key, seq, approval_json)
+             SELECT approval_id, approver_key, seq, approval_json FROM today.decisions",
+            "INSERT INTO audit (seq, at, approval_id, event, transport, entry_json)
+             SELECT seq, at, approval_id, event, transport, entry_json FROM today.audit",
+        ] {
+            sqlx::query(copy).execute(&mut conn).await.expect(copy);
+        }
+        conn.close().await.expect("close");
+    }
+
+    // Opening it runs 0006.
+    let store = SqliteStore::open(old.path()).await.expect("open upgraded");
+    let rec = store.get(&decided.id).await.expect("get").expect("kept");
+    assert_eq!(rec.approvals.len(), 1);
+    assert_eq!(rec.approvals[0].approver.approver_id, "person:alice");
+    let lines_after = audit_of(&store, &decided.id).await;
+    assert_eq!(
+        lines_after.iter().map(|l| l.seq).collect::<Vec<_>>(),
+        lines_before.iter().map(|l| l.seq).collect::<Vec<_>>()
+    );
+    assert_eq!(audit_of(&store, &waiting.id).await.len(), 1);
+    let all = store
+        .audit_list(&AuditQuery {
+            approval_id: None,
+            after_seq: 0,
+            limit: 100,
+        })
+        .await
+        .expect("all");
+    assert_eq!(all.len(), 4, "every line, the one about no request too");
+    // Still one decision per person; a new one goes after the migrated one.
+    let again = store
+        .record_decision(
+            &decided.id,
+            "person:alice",
+            &approval(&alice, Decision::Deny),
+            None,
+            &[],
+        )
+        .await
+        .expect("again");
+    assert_eq!(again, DecisionWrite::ApproverAlreadyDecided);
+    let second = store
+        .record_decision(
+            &decided.id,
+            "person:bob",
+            &approval(&bob, Decision::ApproveOnce),
+            Some(&resolution(Verdict::Approve, Some(&bob), "two of two")),
+            &[audit(AuditEvent::Decision, &decided.id, json!({ "n": 2 }))],
+        )
+        .await
+        .expect("second");
+    assert_eq!(second, DecisionWrite::Recorded);
+    let rec = store.get(&decided.id).await.expect("get").expect("kept");
+    assert_eq!(rec.status, Status::Approved);
+    let who: Vec<&str> = rec
+        .approvals
+        .iter()
+        .map(|a| a.approver.approver_id.as_str())
+        .collect();
+    assert_eq!(who, ["person:alice", "person:bob"]);
+    assert_eq!(audit_of(&store, &decided.id).await.len(), 3);
+}

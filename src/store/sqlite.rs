@@ -1,8 +1,8 @@
 //! The embedded store: one SQLite file in WAL mode.
 //!
-//! All writes go through a single connection, so SQLite never answers "database is locked" to
-//! ourselves and each write is one short transaction; reads use a separate small pool that WAL
-//! lets run beside the writer. `synchronous = NORMAL` in WAL mode keeps every committed
+//! All writes go through a single connection on a thread of its own (`group_commit`), so
+//! SQLite never answers "database is locked" to ourselves and writes share transactions under
+//! load; reads use a separate small sqlx pool that WAL lets run beside the writer. `synchronous = NORMAL` in WAL mode keeps every committed
 //! transaction across a process crash (kill -9); only a power cut may lose the last commits.
 
 use std::path::Path;
@@ -30,7 +30,8 @@ macro_rules! record_columns {
     () => {
         "SELECT a.id, a.status, a.request_json, a.resolution_json, \
          (SELECT json_group_array(json(approval_json)) FROM \
-             (SELECT approval_json FROM decisions WHERE approval_id = a.id ORDER BY seq)) AS approvals_json, \
+             (SELECT approval_json FROM decisions \
+             WHERE approval_created_at = a.created_at AND approval_id = a.id ORDER BY seq)) AS approvals_json, \
          (SELECT json_group_array(json(delivery_json)) FROM \
              (SELECT delivery_json FROM deliveries WHERE approval_id = a.id ORDER BY seq)) AS deliveries_json"
     };
@@ -38,28 +39,30 @@ macro_rules! record_columns {
 
 mod group_commit;
 
-use group_commit::{GroupCommit, NewRow, Outcome, Write};
+use group_commit::{GroupCommit, NewRow, db, optional};
+use rusqlite::params;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
 /// See the module docs.
 #[derive(Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
     reader: SqlitePool,
     instance: String,
-    /// The hot writes, committed in groups (see `group_commit`).
-    batch: GroupCommit,
+    /// Every write, committed in groups on the writer thread (see `group_commit`).
+    writes: GroupCommit,
+    /// Dropped with the last clone of the store: stops the background checkpoints.
+    _open: std::sync::Arc<()>,
 }
 
 /// Copy the WAL into the database file every second (PASSIVE: never waits for, nor blocks,
 /// the writer or readers), for as long as the store is open.
-async fn checkpoint_in_background(checkpointer: SqlitePool, writer: SqlitePool) {
+async fn checkpoint_in_background(checkpointer: SqlitePool, open: std::sync::Weak<()>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        if writer.is_closed() {
+        if open.strong_count() == 0 {
             checkpointer.close().await;
             return;
         }
@@ -88,34 +91,55 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // The writer never checkpoints: a checkpoint copies the WAL into the database file
-        // and syncs it, which would stall the commit (and every caller waiting on it) that
-        // happened to trigger it. A connection of its own does it in the background instead.
-        let writer = SqlitePoolOptions::new()
+        // Migrations run on a connection of their own, closed before the writer thread opens
+        // its connection.
+        let migrator = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .acquire_timeout(Duration::from_secs(30))
-            .connect_with(options.clone().pragma("wal_autocheckpoint", "0"))
+            .connect_with(options.clone())
             .await?;
-        MIGRATOR.run(&writer).await?;
+        MIGRATOR.run(&migrator).await?;
+        migrator.close().await;
+        let writes = GroupCommit::start(&data_dir.join("approvald.db"))?;
+        let open = std::sync::Arc::new(());
         let checkpointer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
-        tokio::spawn(checkpoint_in_background(checkpointer, writer.clone()));
+        tokio::spawn(checkpoint_in_background(
+            checkpointer,
+            std::sync::Arc::downgrade(&open),
+        ));
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
+            // A local file: a ping before each use would be one more thread hand-off.
+            .test_before_acquire(false)
             .acquire_timeout(Duration::from_secs(30))
             .connect_with(options.read_only(true))
             .await?;
         let store = Self {
-            batch: GroupCommit::start(writer.clone()),
-            writer,
+            writes,
             reader,
             instance: uuid::Uuid::new_v4().to_string(),
+            _open: open,
         };
         store.heartbeat().await?;
         Ok(store)
+    }
+
+    /// Run one statement on the writer: how many rows it changed.
+    async fn execute(
+        &self,
+        sql: &'static str,
+        values: Vec<rusqlite::types::Value>,
+    ) -> Result<usize, StoreError> {
+        self.writes
+            .write(move |c| {
+                c.prepare_cached(sql)
+                    .map_err(db)?
+                    .execute(rusqlite::params_from_iter(values.iter()))
+                    .map_err(db)
+            })
+            .await
     }
 
     /// The JSON documents in the first column of `sql` (one `?1` = `id`), decoded.
@@ -176,34 +200,46 @@ impl Store for SqliteStore {
                 owner: self.instance.clone(),
                 fanout,
             };
-            if let Outcome::Stored(true) = self
-                .batch
-                .write(Write::Insert(Box::new(row), audits.to_vec()))
-                .await?
-            {
+            let audits = audits.to_vec();
+            let stored = self
+                .writes
+                .write(move |c| group_commit::insert(c, &row, &audits))
+                .await?;
+            if stored {
                 return Ok(InsertOutcome::Inserted);
             }
             if let Some(existing) = self.get(&req.id).await? {
                 return Ok(InsertOutcome::Exists(Box::new(existing)));
             }
-            let folded: Option<String> = sqlx::query_scalar(
-                "SELECT id FROM approvals INDEXED BY approvals_fold
-                 WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2 LIMIT 1",
-            )
-            .bind(fold_key)
-            .bind(ms(Utc::now()))
-            .fetch_optional(&self.writer)
-            .await?;
+            // On the writer: the fold target is looked up and the alias recorded together.
+            let alias = req.id.clone();
+            let key = fold_key.map(str::to_string);
+            let now = ms(Utc::now());
+            let folded = self
+                .writes
+                .write(move |c| {
+                    let id: Option<String> = optional(
+                        c.prepare_cached(
+                            "SELECT id FROM approvals INDEXED BY approvals_fold
+                             WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2 LIMIT 1",
+                        )
+                        .map_err(db)?
+                        .query_row(params![key, now], |r| r.get(0)),
+                    )?;
+                    if let Some(id) = &id {
+                        c.prepare_cached(
+                            "INSERT INTO approval_aliases (alias, approval_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                        )
+                        .map_err(db)?
+                        .execute(params![alias, id])
+                        .map_err(db)?;
+                    }
+                    Ok(id)
+                })
+                .await?;
             if let Some(id) = folded
                 && let Some(rec) = self.get(&id).await?
             {
-                sqlx::query(
-                    "INSERT INTO approval_aliases (alias, approval_id) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-                )
-                .bind(&req.id)
-                .bind(&id)
-                .execute(&self.writer)
-                .await?;
                 return Ok(InsertOutcome::Folded(Box::new(rec)));
             }
         }
@@ -311,17 +347,23 @@ impl Store for SqliteStore {
         resolution: Option<&Resolution>,
         audits: &[AuditEntry],
     ) -> Result<DecisionWrite, StoreError> {
-        let write = Write::Decision {
-            id: id.to_string(),
-            approver_key: approver_key.to_string(),
-            approval_json: serde_json::to_string(approval)?,
-            resolution: resolution.cloned(),
-            audits: audits.to_vec(),
-        };
-        match self.batch.write(write).await? {
-            Outcome::Decision(d) => Ok(d),
-            Outcome::Stored(_) => Err(StoreError("a decision answered as a store".into())),
-        }
+        let id = id.to_string();
+        let approver_key = approver_key.to_string();
+        let approval_json = serde_json::to_string(approval)?;
+        let resolution = resolution.cloned();
+        let audits = audits.to_vec();
+        self.writes
+            .write(move |c| {
+                group_commit::decide(
+                    c,
+                    &id,
+                    &approver_key,
+                    &approval_json,
+                    resolution.as_ref(),
+                    &audits,
+                )
+            })
+            .await
     }
 
     async fn resolve(
@@ -330,25 +372,23 @@ impl Store for SqliteStore {
         resolution: &Resolution,
         audits: &[AuditEntry],
     ) -> Result<bool, StoreError> {
-        let write = Write::Resolve {
-            id: id.to_string(),
-            resolution: resolution.clone(),
-            audits: audits.to_vec(),
-        };
-        match self.batch.write(write).await? {
-            Outcome::Stored(won) => Ok(won),
-            Outcome::Decision(_) => Err(StoreError("a resolution answered as a decision".into())),
-        }
+        let id = id.to_string();
+        let resolution = resolution.clone();
+        let audits = audits.to_vec();
+        self.writes
+            .write(move |c| group_commit::resolve(c, &id, &resolution, &audits))
+            .await
     }
 
     async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute(
             "INSERT INTO deliveries (approval_id, delivery_json, message_key) VALUES (?1, ?2, ?3)",
+            vec![
+                id.to_string().into(),
+                serde_json::to_string(delivery)?.into(),
+                delivery.message.as_ref().map(message_key).into(),
+            ],
         )
-        .bind(id)
-        .bind(serde_json::to_string(delivery)?)
-        .bind(delivery.message.as_ref().map(message_key))
-        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -390,22 +430,18 @@ impl Store for SqliteStore {
     }
 
     async fn audit_append(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        sqlx::query(
-            "INSERT INTO audit (at, approval_id, event, transport, entry_json) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )
-        .bind(ms(entry.at))
-        .bind(&entry.approval_id)
-        .bind(entry.event.as_str())
-        .bind(entry.transport.map(|t| t.as_str()))
-        .bind(serde_json::to_string(entry)?)
-        .execute(&self.writer)
-        .await?;
-        Ok(())
+        let entry = entry.clone();
+        self.writes
+            .write(move |c| group_commit::audit(c, std::slice::from_ref(&entry)))
+            .await
     }
 
     async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let sql = if q.approval_id.is_some() {
-            "SELECT seq, entry_json FROM audit WHERE approval_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            // Lines about no (longer) stored request have no creation time: `IS` matches NULL.
+            "SELECT seq, entry_json FROM audit
+             WHERE approval_created_at IS (SELECT created_at FROM approvals WHERE id = ?1)
+               AND approval_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
         } else {
             "SELECT seq, entry_json FROM audit WHERE ?1 IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3"
         };
@@ -425,12 +461,15 @@ impl Store for SqliteStore {
     }
 
     async fn add_standing_rule(&self, rule: &StandingRule) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO standing_rules (id, rule_json, created_at) VALUES (?1, ?2, ?3)")
-            .bind(&rule.id)
-            .bind(serde_json::to_string(rule)?)
-            .bind(ms(rule.created_at))
-            .execute(&self.writer)
-            .await?;
+        self.execute(
+            "INSERT INTO standing_rules (id, rule_json, created_at) VALUES (?1, ?2, ?3)",
+            vec![
+                rule.id.clone().into(),
+                serde_json::to_string(rule)?.into(),
+                ms(rule.created_at).into(),
+            ],
+        )
+        .await?;
         Ok(())
     }
 
@@ -451,50 +490,63 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_standing_rule(&self, id: &str) -> Result<Option<StandingRule>, StoreError> {
+        let prefix = id.to_string();
         let upper = format!("{id}\u{10FFFF}");
-        let candidates: Vec<String> = sqlx::query_scalar(
-            "SELECT id FROM standing_rules WHERE id >= ?1 AND id < ?2 AND revoked_at IS NULL LIMIT 2",
-        )
-        .bind(id)
-        .bind(&upper)
-        .fetch_all(&self.writer)
-        .await?;
-        let [only] = candidates.as_slice() else {
+        let now = Utc::now();
+        let revoked: Option<String> = self
+            .writes
+            .write(move |c| {
+                let candidates = c
+                    .prepare_cached(
+                        "SELECT id FROM standing_rules WHERE id >= ?1 AND id < ?2 AND revoked_at IS NULL LIMIT 2",
+                    )
+                    .map_err(db)?
+                    .query_map(params![prefix, upper], |r| r.get::<_, String>(0))
+                    .map_err(db)?
+                    .collect::<Result<Vec<String>, _>>()
+                    .map_err(db)?;
+                let [only] = candidates.as_slice() else {
+                    return Ok(None);
+                };
+                c.prepare_cached(
+                    "UPDATE standing_rules SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
+                )
+                .map_err(db)?
+                .execute(params![only, ms(now)])
+                .map_err(db)?;
+                c.prepare_cached("SELECT rule_json FROM standing_rules WHERE id = ?1")
+                    .map_err(db)?
+                    .query_row([only], |r| r.get(0))
+                    .map(Some)
+                    .map_err(db)
+            })
+            .await?;
+        let Some(json) = revoked else {
             return Ok(None);
         };
-        let now = Utc::now();
-        sqlx::query(
-            "UPDATE standing_rules SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-        )
-        .bind(only)
-        .bind(ms(now))
-        .execute(&self.writer)
-        .await?;
-        let json: String = sqlx::query_scalar("SELECT rule_json FROM standing_rules WHERE id = ?1")
-            .bind(only)
-            .fetch_one(&self.writer)
-            .await?;
         let mut rule: StandingRule = serde_json::from_str(&json)?;
         rule.revoked_at = Some(now);
         Ok(Some(rule))
     }
 
     async fn task_insert(&self, task: &TaskRecord) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "INSERT INTO tasks (task_id, approval_id, execution, actual_cost, duration_ms, ended_at, created_at, task_json) \
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
-        )
-        .bind(&task.task_id)
-        .bind(&task.approval_id)
-        .bind(task.execution.map(TaskStatus::as_str))
-        .bind(task.actual_cost)
-        .bind(task.duration_ms.map(|d| d as i64))
-        .bind(task.ended_at.map(ms))
-        .bind(ms(task.created_at))
-        .bind(serde_json::to_string(task)?)
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let changed = self
+            .execute(
+                "INSERT INTO tasks (task_id, approval_id, execution, actual_cost, duration_ms, ended_at, created_at, task_json) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
+                vec![
+                    task.task_id.clone().into(),
+                    task.approval_id.clone().into(),
+                    task.execution.map(|s| s.as_str().to_string()).into(),
+                    task.actual_cost.into(),
+                    task.duration_ms.map(|d| d as i64).into(),
+                    task.ended_at.map(ms).into(),
+                    ms(task.created_at).into(),
+                    serde_json::to_string(task)?.into(),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn task_update(
@@ -502,20 +554,22 @@ impl Store for SqliteStore {
         task: &TaskRecord,
         expected: Option<TaskStatus>,
     ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE tasks SET execution = ?2, actual_cost = ?3, duration_ms = ?4, ended_at = ?5, task_json = ?6 \
-             WHERE task_id = ?1 AND execution IS ?7",
-        )
-        .bind(&task.task_id)
-        .bind(task.execution.map(TaskStatus::as_str))
-        .bind(task.actual_cost)
-        .bind(task.duration_ms.map(|d| d as i64))
-        .bind(task.ended_at.map(ms))
-        .bind(serde_json::to_string(task)?)
-        .bind(expected.map(TaskStatus::as_str))
-        .execute(&self.writer)
-        .await?;
-        Ok(done.rows_affected() == 1)
+        let changed = self
+            .execute(
+                "UPDATE tasks SET execution = ?2, actual_cost = ?3, duration_ms = ?4, ended_at = ?5, task_json = ?6 \
+                 WHERE task_id = ?1 AND execution IS ?7",
+                vec![
+                    task.task_id.clone().into(),
+                    task.execution.map(|s| s.as_str().to_string()).into(),
+                    task.actual_cost.into(),
+                    task.duration_ms.map(|d| d as i64).into(),
+                    task.ended_at.map(ms).into(),
+                    serde_json::to_string(task)?.into(),
+                    expected.map(|s| s.as_str().to_string()).into(),
+                ],
+            )
+            .await?;
+        Ok(changed == 1)
     }
 
     async fn task_by_id(&self, task_id: &str) -> Result<Option<TaskRecord>, StoreError> {
@@ -601,11 +655,11 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_push(&self, body: &serde_json::Value) -> Result<(), StoreError> {
-        sqlx::query("INSERT INTO upstream_outbox (body_json, created_at) VALUES (?1, ?2)")
-            .bind(body.to_string())
-            .bind(ms(Utc::now()))
-            .execute(&self.writer)
-            .await?;
+        self.execute(
+            "INSERT INTO upstream_outbox (body_json, created_at) VALUES (?1, ?2)",
+            vec![body.to_string().into(), ms(Utc::now()).into()],
+        )
+        .await?;
         Ok(())
     }
 
@@ -624,10 +678,11 @@ impl Store for SqliteStore {
     }
 
     async fn outbox_remove(&self, seq: i64) -> Result<(), StoreError> {
-        sqlx::query("DELETE FROM upstream_outbox WHERE seq = ?1")
-            .bind(seq)
-            .execute(&self.writer)
-            .await?;
+        self.execute(
+            "DELETE FROM upstream_outbox WHERE seq = ?1",
+            vec![seq.into()],
+        )
+        .await?;
         Ok(())
     }
 
@@ -652,23 +707,20 @@ impl Store for SqliteStore {
     }
 
     async fn heartbeat(&self) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute(
             "INSERT INTO instances (id, last_seen) VALUES (?1, ?2)
              ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen",
+            vec![self.instance.clone().into(), ms(Utc::now()).into()],
         )
-        .bind(&self.instance)
-        .bind(ms(Utc::now()))
-        .execute(&self.writer)
         .await?;
         Ok(())
     }
 
     async fn deliveries_finished(&self, id: &str) -> Result<(), StoreError> {
-        sqlx::query(
+        self.execute(
             "UPDATE approvals SET deliveries_done = 1 WHERE id = ?1 AND deliveries_done = 0",
+            vec![id.to_string().into()],
         )
-        .bind(id)
-        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -680,22 +732,30 @@ impl Store for SqliteStore {
     ) -> Result<Vec<String>, StoreError> {
         let alive_since = ms(Utc::now()) - stale.as_millis() as i64;
         // One statement: claimers in other processes on the same file cannot interleave.
-        let ids: Vec<String> = sqlx::query_scalar(
-            "UPDATE approvals SET delivery_owner = ?1
-             WHERE id IN (
-                 SELECT a.id FROM approvals a
-                 WHERE a.deliveries_done = 0 AND a.status = 'pending'
-                   AND a.delivery_owner IS NOT ?1
-                   AND NOT EXISTS (SELECT 1 FROM instances i
-                                   WHERE i.id = a.delivery_owner AND i.last_seen >= ?2)
-                 ORDER BY a.created_at LIMIT ?3)
-             RETURNING id",
-        )
-        .bind(&self.instance)
-        .bind(alive_since)
-        .bind(i64::from(limit))
-        .fetch_all(&self.writer)
-        .await?;
+        let instance = self.instance.clone();
+        let ids = self
+            .writes
+            .write(move |c| {
+                c.prepare_cached(
+                    "UPDATE approvals SET delivery_owner = ?1
+                     WHERE id IN (
+                         SELECT a.id FROM approvals a
+                         WHERE a.deliveries_done = 0 AND a.status = 'pending'
+                           AND a.delivery_owner IS NOT ?1
+                           AND NOT EXISTS (SELECT 1 FROM instances i
+                                           WHERE i.id = a.delivery_owner AND i.last_seen >= ?2)
+                         ORDER BY a.created_at LIMIT ?3)
+                     RETURNING id",
+                )
+                .map_err(db)?
+                .query_map(params![instance, alive_since, i64::from(limit)], |r| {
+                    r.get(0)
+                })
+                .map_err(db)?
+                .collect::<Result<Vec<String>, _>>()
+                .map_err(db)
+            })
+            .await?;
         Ok(ids)
     }
 }

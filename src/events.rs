@@ -10,7 +10,9 @@ use tokio::sync::{broadcast, mpsc};
 #[derive(Debug, Clone, Serialize)]
 pub struct Event {
     pub method: &'static str,
-    pub params: serde_json::Value,
+    /// Shared: every subscriber receives its own copy of the event, so nothing in it is cloned
+    /// deeply per subscriber.
+    pub params: Arc<serde_json::Value>,
     /// `params` as JSON text, serialised once for every SSE client.
     #[serde(skip)]
     pub params_text: Arc<str>,
@@ -104,7 +106,7 @@ impl EventBus {
             format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params_text}}}"#).into();
         let _ = self.tx.send(Event {
             method,
-            params,
+            params: Arc::new(params),
             params_text,
             notification,
         });

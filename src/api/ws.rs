@@ -53,16 +53,23 @@ async fn serve(
                     break;
                 }
                 out = rx.recv() => match out {
-                    Some(text) => if sink.send(Message::Text(text.into())).await.is_err() { break },
+                    Some(text) => if sink.feed(Message::Text(text.into())).await.is_err() { break },
                     None => break,
                 },
                 ev = events.recv() => match ev {
                     Ok(ev) => {
-                        if sink.send(Message::Text(ev.notification.as_ref().into())).await.is_err() { break }
+                        if sink.feed(Message::Text(ev.notification.as_ref().into())).await.is_err() { break }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => break,
                 },
+            }
+            // Whatever else is ready goes out in the same write: under load one system call
+            // carries many frames instead of one each.
+            if feed_ready(&mut sink, &mut rx, &mut events).await.is_err()
+                || sink.flush().await.is_err()
+            {
+                break;
             }
         }
     });
@@ -84,4 +91,28 @@ async fn serve(
     }
     drop(tx);
     writer.abort();
+}
+
+/// Queue every answer and event already waiting (a bounded number, so a busy stream still
+/// flushes), without waiting for more.
+async fn feed_ready(
+    sink: &mut futures::stream::SplitSink<WebSocket, Message>,
+    rx: &mut mpsc::Receiver<String>,
+    events: &mut tokio::sync::broadcast::Receiver<crate::events::Event>,
+) -> Result<(), axum::Error> {
+    for _ in 0..64 {
+        if let Ok(text) = rx.try_recv() {
+            sink.feed(Message::Text(text.into())).await?;
+        } else {
+            match events.try_recv() {
+                Ok(ev) => {
+                    sink.feed(Message::Text(ev.notification.as_ref().into()))
+                        .await?
+                }
+                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Err(_) => return Ok(()),
+            }
+        }
+    }
+    Ok(())
 }

@@ -188,6 +188,9 @@ impl BoundServer {
                 "grace period over: closing connections still open; callers reconnect with tool.approval.wait"
             ),
         }
+        if let Err(e) = self.engine.store().stopping().await {
+            tracing::warn!(error = %e, "the store could not tidy up on the way out (the next start may take longer)");
+        }
         Ok(())
     }
 }

@@ -138,3 +138,46 @@ async fn shutdown_answers_blocked_callers_at_once_and_their_requests_stay_pendin
     .await;
     assert_eq!(waiter.await.unwrap()["result"]["status"], "approved");
 }
+
+/// A graceful stop leaves SQLite's write-ahead log empty (copied into the database file), so
+/// the next start does not have to read it all back first: with 100,000 pending requests
+/// that read was most of a second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graceful_stop_empties_the_sqlite_write_ahead_log() {
+    if support::pg::suite_on_postgres().is_some() {
+        eprintln!("SKIPPED: SQLite only");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = TestServer::start_in(dir.path(), "", vec![]).await;
+    let mut ids = Vec::new();
+    for n in 0..300 {
+        let r = s
+            .request(json!({ "tool": "shell", "command": format!("echo {n}") }))
+            .await;
+        ids.push(r["id"].as_str().unwrap().to_string());
+    }
+    let wal = dir.path().join("approvald.db-wal");
+    let size = || std::fs::metadata(&wal).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size() > 256 * 1024,
+        "the log holds the writes: {} bytes",
+        size()
+    );
+    s.stop();
+    // Later writes (the instance heartbeat) may add a frame or two again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while size() > 64 * 1024 {
+        assert!(
+            Instant::now() < deadline,
+            "the log still holds {} bytes after the stop",
+            size()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Nothing was lost by emptying it.
+    let s = TestServer::start_in(dir.path(), "", vec![]).await;
+    for id in [&ids[0], &ids[299]] {
+        assert_eq!(s.get(id).await["status"], "pending");
+    }
+}

@@ -336,17 +336,16 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// CPU per thread name; threads of one name (the tokio workers) are added up. SQLite
-/// connection threads (sqlx runs each connection on its own thread, named
-/// "sqlx-sqlite-worker-N", which the kernel cuts to "sqlx-sqlite-wor") are told apart by
-/// thread id: the lowest is the writer (opened first, kept open), the others readers.
+/// CPU per thread name; threads of one name (the tokio workers) are added up. The store's
+/// writer is its own thread ("sqlite writer"); sqlx runs each read (and the background WAL
+/// checkpoint) connection on a thread named "sqlx-sqlite-worker-N", which the kernel cuts to
+/// "sqlx-sqlite-wor": those are added up as one.
 pub fn thread_cpu(pid: u32) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
     };
     let tps = ticks_per_second();
-    let mut sqlite: Vec<(u64, Duration)> = Vec::new();
     for entry in dir.flatten() {
         let Ok(text) = std::fs::read_to_string(entry.path().join("stat")) else {
             continue;
@@ -355,26 +354,11 @@ pub fn thread_cpu(pid: u32) -> BTreeMap<String, Duration> {
             continue;
         };
         let cpu = Duration::from_micros((u + s) * 1_000_000 / tps);
-        if comm.starts_with("sqlx-sqlite") {
-            let tid = entry
-                .file_name()
-                .to_string_lossy()
-                .parse()
-                .unwrap_or(u64::MAX);
-            sqlite.push((tid, cpu));
-            continue;
-        }
-        let name = comm
-            .trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
-            .to_string();
-        *out.entry(name).or_insert(Duration::ZERO) += cpu;
-    }
-    sqlite.sort();
-    for (i, (_, cpu)) in sqlite.into_iter().enumerate() {
-        let name = if i == 0 {
-            "sqlite writer thread".to_string()
+        let name = if comm.starts_with("sqlx-sqlite") {
+            "sqlite reader and checkpoint threads".to_string()
         } else {
-            "sqlite reader threads".to_string()
+            comm.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
+                .to_string()
         };
         *out.entry(name).or_insert(Duration::ZERO) += cpu;
     }

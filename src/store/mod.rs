@@ -220,6 +220,13 @@ pub trait Store: Send + Sync + 'static {
     fn instance_id(&self) -> &str;
     /// Say this instance is alive; called every few seconds.
     async fn heartbeat(&self) -> Result<(), StoreError>;
+
+    /// The server is stopping: leave the files so the next start is quick. SQLite copies its
+    /// write-ahead log into the database file and empties it (otherwise the next start reads
+    /// the whole log back first). Writes still work afterwards.
+    async fn stopping(&self) -> Result<(), StoreError> {
+        Ok(())
+    }
     /// Every prompt of this request was sent or failed: nobody needs to take its fan-out over.
     async fn deliveries_finished(&self, id: &str) -> Result<(), StoreError>;
     /// Take over the unfinished fan-outs of pending requests whose owner has not said it is

@@ -716,6 +716,10 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    async fn stopping(&self) -> Result<(), StoreError> {
+        self.writes.checkpoint().await
+    }
+
     async fn deliveries_finished(&self, id: &str) -> Result<(), StoreError> {
         self.execute(
             "UPDATE approvals SET deliveries_done = 1 WHERE id = ?1 AND deliveries_done = 0",

@@ -83,11 +83,18 @@ where
     }
 }
 
+/// What the writer thread is sent.
+enum Message {
+    Write(Box<dyn Job>),
+    /// Copy the WAL into the database file and truncate it (outside any transaction).
+    Checkpoint(oneshot::Sender<Result<(), StoreError>>),
+}
+
 /// The queue in front of the writer thread. Cheap to clone; the thread (and its connection)
 /// ends when the last clone is dropped.
 #[derive(Clone)]
 pub(super) struct GroupCommit {
-    tx: mpsc::Sender<Box<dyn Job>>,
+    tx: mpsc::Sender<Message>,
 }
 
 impl GroupCommit {
@@ -117,6 +124,17 @@ impl GroupCommit {
         Ok(Self { tx })
     }
 
+    /// Copy the WAL into the database file and empty it, after every write queued before.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Message::Checkpoint(reply))
+            .map_err(|_| StoreError("the store's writer has stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| StoreError("the store's writer stopped before answering".into()))?
+    }
+
     /// Queue `work` and wait until it is committed (or failed). `work` runs on the writer
     /// thread inside a transaction; it may run twice (alone, after its batch failed), so it
     /// must not change anything outside the database.
@@ -132,7 +150,7 @@ impl GroupCommit {
             reply,
         });
         self.tx
-            .send(job)
+            .send(Message::Write(job))
             .map_err(|_| StoreError("the store's writer has stopped".into()))?;
         answer
             .await
@@ -140,26 +158,45 @@ impl GroupCommit {
     }
 }
 
-fn write_loop(conn: Connection, rx: mpsc::Receiver<Box<dyn Job>>) {
+fn write_loop(conn: Connection, rx: mpsc::Receiver<Message>) {
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     while let Ok(first) = rx.recv() {
-        batch.push(first);
-        while batch.len() < MAX_BATCH {
+        let mut checkpoint = None;
+        match first {
+            Message::Write(job) => batch.push(job),
+            Message::Checkpoint(reply) => checkpoint = Some(reply),
+        }
+        while checkpoint.is_none() && batch.len() < MAX_BATCH {
             match rx.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok(Message::Write(job)) => batch.push(job),
+                Ok(Message::Checkpoint(reply)) => checkpoint = Some(reply),
                 Err(_) => break,
             }
         }
-        match together(&conn, &mut batch) {
-            Ok(()) => batch.drain(..).for_each(|job| job.answer(None)),
-            Err(e) => {
-                if batch.len() > 1 {
-                    tracing::warn!(error = %e, writes = batch.len(), "a grouped write failed; writing each on its own");
-                }
-                for mut job in batch.drain(..) {
-                    let failed = together(&conn, std::slice::from_mut(&mut job)).err();
-                    job.answer(failed);
-                }
+        write_batch(&conn, &mut batch);
+        if let Some(reply) = checkpoint {
+            let done = conn
+                .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+                .map_err(db);
+            let _ = reply.send(done);
+        }
+    }
+}
+
+/// Write `batch` (emptied) in one transaction, or each on its own if that fails.
+fn write_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
+    if batch.is_empty() {
+        return;
+    }
+    match together(conn, batch) {
+        Ok(()) => batch.drain(..).for_each(|job| job.answer(None)),
+        Err(e) => {
+            if batch.len() > 1 {
+                tracing::warn!(error = %e, writes = batch.len(), "a grouped write failed; writing each on its own");
+            }
+            for mut job in batch.drain(..) {
+                let failed = together(conn, std::slice::from_mut(&mut job)).err();
+                job.answer(failed);
             }
         }
     }

@@ -6,6 +6,13 @@
 //! enforces quorum, self-approval and expiry, and answers the waiting caller. Operators watch
 //! and decide in the control [`ui`].
 
+/// Every binary linking approvald (the service, the bench's server, the tests) allocates with
+/// mimalloc: a request's life allocates and frees many small strings and maps on the tokio
+/// threads, and the writer thread frees what they allocated; glibc's malloc spent ~15 % of the
+/// server's samples there (see BENCHMARKS.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod api;
 pub mod audit;
 pub mod cli;

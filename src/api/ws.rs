@@ -74,9 +74,9 @@ async fn serve(
         }
     });
     while let Some(Ok(msg)) = stream.next().await {
-        let text = match msg {
-            Message::Text(t) => t.to_string(),
-            Message::Binary(b) => String::from_utf8_lossy(&b).into_owned(),
+        let text: axum::body::Bytes = match msg {
+            Message::Text(t) => t.into(),
+            Message::Binary(b) => b,
             Message::Close(_) => break,
             _ => continue,
         };
@@ -84,8 +84,8 @@ async fn serve(
         let caller = caller.clone();
         let tx = tx.clone();
         tokio::spawn(async move {
-            if let Some(answer) = rpc::handle_message(&ctx, &caller, text.as_bytes()).await {
-                let _ = tx.send(answer.to_string()).await;
+            if let Some(answer) = rpc::handle_message(&ctx, &caller, &text).await {
+                let _ = tx.send(crate::events::json_text(&answer)).await;
             }
         });
     }

@@ -2,8 +2,9 @@
 //!
 //! All writes go through a single connection on a thread of its own (`group_commit`), so
 //! SQLite never answers "database is locked" to ourselves and writes share transactions under
-//! load; reads use a separate small sqlx pool that WAL lets run beside the writer. `synchronous = NORMAL` in WAL mode keeps every committed
-//! transaction across a process crash (kill -9); only a power cut may lose the last commits.
+//! load; reads use a separate small sqlx pool that WAL lets run beside the writer.
+//! `synchronous = NORMAL` in WAL mode keeps every committed transaction across a process crash
+//! (kill -9); only a power cut may lose the last commits.
 
 use std::path::Path;
 use std::str::FromStr;

@@ -209,7 +209,12 @@ pub(super) fn db(e: rusqlite::Error) -> StoreError {
 /// Every job of `jobs` in one transaction, in order; rolled back if any fails.
 fn together(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
-    let applied = jobs.iter_mut().try_for_each(|job| job.apply(conn));
+    // A write that panics fails alone (the batch is retried without it) instead of taking
+    // the writer thread, and every later write, down with it.
+    let applied = jobs.iter_mut().try_for_each(|job| {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.apply(conn)))
+            .unwrap_or_else(|_| Err(StoreError("a write failed unexpectedly (panicked)".into())))
+    });
     let done = applied.and_then(|()| conn.execute_batch("COMMIT").map_err(db));
     if done.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
@@ -369,4 +374,56 @@ pub(super) fn resolve(
         audit(conn, audits)?;
     }
     Ok(settled)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A batch with a failing write and a panicking one: those two get their errors, every
+    /// other write in the batch is committed, and the writer keeps working.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_bad_write_fails_alone_and_the_writer_lives_on() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("t.db");
+        Connection::open(&file)
+            .and_then(|c| c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
+            .expect("schema");
+        let writer = GroupCommit::start(&file).expect("start");
+        let mut calls = Vec::new();
+        for n in 0..50_i64 {
+            let w = writer.clone();
+            calls.push(tokio::spawn(async move {
+                w.write(move |c| {
+                    if n == 20 {
+                        panic!("a bug in one write");
+                    }
+                    // 30 writes its row twice: a constraint error after a row went in, which
+                    // the rollback must take out again.
+                    let rows = if n == 30 { vec![30, 30] } else { vec![n] };
+                    for r in rows {
+                        c.execute("INSERT INTO t (n) VALUES (?1)", [r])
+                            .map_err(db)?;
+                    }
+                    Ok(n)
+                })
+                .await
+            }));
+        }
+        let mut failed = Vec::new();
+        for (n, call) in calls.into_iter().enumerate() {
+            if call.await.expect("task").is_err() {
+                failed.push(n);
+            }
+        }
+        assert_eq!(failed, [20, 30]);
+        let count = writer
+            .write(|c| {
+                c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))
+                    .map_err(db)
+            })
+            .await
+            .expect("the writer still answers");
+        assert_eq!(count, 48);
+    }
 }

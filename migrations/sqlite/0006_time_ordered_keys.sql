@@ -3,8 +3,8 @@
 -- middle of the file, and each such page is one more 4 KiB frame in the WAL at commit: that
 -- was most of what a write cost. Keyed by the request's creation time first, new entries land
 -- at the end of the index, where the pages are already in memory and shared by a whole batch.
--- Measured (a request, its decision, three audit lines): 5.8 WAL frames per request before,
--- fewer than 3 after.
+-- Measured (a request, its decision, three audit lines; batches of 32): 5.8 WAL frames per
+-- request before, 3.6 after.
 
 -- The audit trail: the creation time of the request a line is about (NULL for lines about no
 -- request). Filled for existing lines; the append-only trigger is lifted for that and put back.

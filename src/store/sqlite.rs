@@ -157,23 +157,24 @@ impl SqliteStore {
             .map(|r| Ok(serde_json::from_str(r.try_get::<&str, _>(0)?)?))
             .collect()
     }
+}
 
-    async fn load(&self, row: sqlx::sqlite::SqliteRow) -> Result<ApprovalRecord, StoreError> {
-        let status: String = row.try_get("status")?;
-        let request: ApprovalRequest = serde_json::from_str(row.try_get("request_json")?)?;
-        let resolution: Option<String> = row.try_get("resolution_json")?;
-        let resolution: Option<Resolution> =
-            resolution.map(|r| serde_json::from_str(&r)).transpose()?;
-        let approvals = serde_json::from_str(row.try_get("approvals_json")?)?;
-        let deliveries = serde_json::from_str(row.try_get("deliveries_json")?)?;
-        Ok(ApprovalRecord {
-            request,
-            status: Status::from_str(&status).map_err(StoreError)?,
-            approvals,
-            resolution,
-            deliveries,
-        })
-    }
+/// A whole record from a row of `record_columns!`.
+fn record_from(row: &sqlx::sqlite::SqliteRow) -> Result<ApprovalRecord, StoreError> {
+    let status: String = row.try_get("status")?;
+    let request: ApprovalRequest = serde_json::from_str(row.try_get("request_json")?)?;
+    let resolution: Option<String> = row.try_get("resolution_json")?;
+    let resolution: Option<Resolution> =
+        resolution.map(|r| serde_json::from_str(&r)).transpose()?;
+    let approvals = serde_json::from_str(row.try_get("approvals_json")?)?;
+    let deliveries = serde_json::from_str(row.try_get("deliveries_json")?)?;
+    Ok(ApprovalRecord {
+        request,
+        status: Status::from_str(&status).map_err(StoreError)?,
+        approvals,
+        resolution,
+        deliveries,
+    })
 }
 
 #[async_trait]
@@ -259,7 +260,7 @@ impl Store for SqliteStore {
         .fetch_optional(&self.reader)
         .await?;
         match row {
-            Some(row) => Ok(Some(self.load(row).await?)),
+            Some(row) => Ok(Some(record_from(&row)?)),
             None => Ok(None),
         }
     }
@@ -273,11 +274,7 @@ impl Store for SqliteStore {
         .bind(serde_json::to_string(ids)?)
         .fetch_all(&self.reader)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.load(row).await?);
-        }
-        Ok(out)
+        rows.iter().map(record_from).collect()
     }
 
     async fn status(&self, id: &str) -> Result<Option<Status>, StoreError> {
@@ -333,11 +330,7 @@ impl Store for SqliteStore {
             .bind(q.limit.max(1) as i64)
             .fetch_all(&self.reader)
             .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for row in rows {
-            out.push(self.load(row).await?);
-        }
-        Ok(out)
+        rows.iter().map(record_from).collect()
     }
 
     async fn record_decision(

@@ -127,12 +127,7 @@ impl GroupCommit {
     /// Copy the WAL into the database file and empty it, after every write queued before.
     pub async fn checkpoint(&self) -> Result<(), StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(Message::Checkpoint(reply))
-            .map_err(|_| StoreError("the store's writer has stopped".into()))?;
-        answer
-            .await
-            .map_err(|_| StoreError("the store's writer stopped before answering".into()))?
+        self.ask(Message::Checkpoint(reply), answer).await
     }
 
     /// Queue `work` and wait until it is committed (or failed). `work` runs on the writer
@@ -144,13 +139,22 @@ impl GroupCommit {
         F: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
-        let job: Box<dyn Job> = Box::new(Queued {
+        let job = Box::new(Queued {
             work,
             answer: None,
             reply,
         });
+        self.ask(Message::Write(job), answer).await
+    }
+
+    /// Send `message` to the writer thread and wait for its `answer`.
+    async fn ask<T>(
+        &self,
+        message: Message,
+        answer: oneshot::Receiver<Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         self.tx
-            .send(Message::Write(job))
+            .send(message)
             .map_err(|_| StoreError("the store's writer has stopped".into()))?;
         answer
             .await

@@ -370,12 +370,12 @@ impl ToolApprovalForwarder {
             InsertOutcome::Folded(pending) => {
                 // The same ask is already waiting for people: wait on that one, no new prompt.
                 self.inner.metrics.folded.inc();
-                self.audit(
+                Box::pin(self.audit(
                     AuditEntry::new(AuditEvent::Folded, Some(&pending.request.id)).detail(
                         json!({ "token": caller.token_name, "agent_id": req.agent_id,
                                 "session_key": req.session_key, "asked_id": req.id }),
                     ),
-                )
+                ))
                 .await;
                 return Ok(*pending);
             }
@@ -405,9 +405,7 @@ impl ToolApprovalForwarder {
                 why_not: None,
                 token_name: None,
             };
-            rec = self
-                .apply_decision(rec, actor, preset.decision, preset.reason)
-                .await?;
+            rec = Box::pin(self.apply_decision(rec, actor, preset.decision, preset.reason)).await?;
         } else if self
             .inner
             .config
@@ -435,7 +433,7 @@ impl ToolApprovalForwarder {
                     why_not: None,
                     token_name: None,
                 };
-                rec = self.apply_decision(rec, actor, decision, None).await?;
+                rec = Box::pin(self.apply_decision(rec, actor, decision, None)).await?;
             }
         }
         if rec.status != Status::Pending {
@@ -444,11 +442,13 @@ impl ToolApprovalForwarder {
         self.inner
             .events
             .publish(events::REQUESTED, self.view_json(&rec));
-        rec.deliveries = self.deliver_all(&rec).await;
+        if fanout {
+            rec.deliveries = Box::pin(self.deliver_all(&rec)).await;
+        }
         if !self.inner.timers.contains_key(&id) {
             // Someone decided while the prompts were on their way (finishing stops the
             // timer): answer the outcome.
-            return self.load(&id).await;
+            return Box::pin(self.load(&id)).await;
         }
         if rec.delivered_to().is_empty() && self.inner.events.subscriber_count() == 0 {
             // Once a minute at most: a busy gateway without channels would fill the log.
@@ -631,7 +631,7 @@ impl ToolApprovalForwarder {
         if !self.inner.timers.contains_key(&id) {
             self.inner.hot.remove(&id);
             drop(rx);
-            return self.wait(&id, timeout).await;
+            return Box::pin(self.wait(&id, timeout)).await;
         }
         self.block_until_settled(id, rx, expires_at, timeout).await
     }
@@ -670,7 +670,7 @@ impl ToolApprovalForwarder {
         };
         match settled {
             Some(rec) => Ok((*rec).clone()),
-            None => self.load(&id).await,
+            None => Box::pin(self.load(&id)).await,
         }
     }
 
@@ -762,7 +762,7 @@ impl ToolApprovalForwarder {
         let hot = self.inner.hot.get(&id).map(|r| (**r).clone());
         let rec = match hot {
             Some(rec) => rec,
-            None => self.load(&id).await?,
+            None => Box::pin(self.load(&id)).await?,
         };
         if rec.request.id != id {
             // An alias or a task id: decide on the request it names, under its lock.
@@ -815,8 +815,8 @@ impl ToolApprovalForwarder {
         }
         if Utc::now() >= rec.request.expires_at {
             drop(_guard);
-            self.expire(&id, false).await;
-            let rec = self.load(&id).await?;
+            Box::pin(self.expire(&id, false)).await;
+            let rec = Box::pin(self.load(&id)).await?;
             let err = self.final_state_error(&rec);
             return Err(self
                 .refused(&id, &actor.identity, attempt.decision, err)
@@ -922,9 +922,9 @@ impl ToolApprovalForwarder {
             .await?;
         match write {
             DecisionWrite::Recorded => {}
-            DecisionWrite::ApproverAlreadyDecided => return self.load(&id).await,
+            DecisionWrite::ApproverAlreadyDecided => return Box::pin(self.load(&id)).await,
             DecisionWrite::NotPending => {
-                let now = self.load(&id).await?;
+                let now = Box::pin(self.load(&id)).await?;
                 return Err(self.final_state_error(&now));
             }
         }
@@ -934,7 +934,7 @@ impl ToolApprovalForwarder {
         let rec = if self.inner.config.storage.is_postgres()
             || !self.targets_for(&rec.request).is_empty()
         {
-            self.load(&id).await?
+            Box::pin(self.load(&id)).await?
         } else {
             let mut now = rec;
             now.approvals = approvals;
@@ -996,12 +996,14 @@ impl ToolApprovalForwarder {
             .get_or_create(&vec![("kind", err.kind().to_string())])
             .inc();
         tracing::info!(id, approver = %who.approver_id, transport = %who.transport, kind = err.kind(), "decision refused");
-        self.audit(
-            AuditEntry::new(AuditEvent::Refused, Some(id))
-                .actor(who)
-                .detail(
-                    json!({ "decision": decision, "kind": err.kind(), "why": err.to_string() }),
-                ),
+        Box::pin(
+            self.audit(
+                AuditEntry::new(AuditEvent::Refused, Some(id))
+                    .actor(who)
+                    .detail(
+                        json!({ "decision": decision, "kind": err.kind(), "why": err.to_string() }),
+                    ),
+            ),
         )
         .await;
         err
@@ -1099,27 +1101,32 @@ impl ToolApprovalForwarder {
         self.edit_all(&rec, kind);
 
         if resolution.verdict == Verdict::Timeout {
-            self.send_timeout_notices(&rec).await;
+            Box::pin(self.send_timeout_notices(&rec)).await;
         }
         if resolution.scope == Some(Scope::Always)
             && let Some(by) = &resolution.decided_by
         {
-            let rule = StandingRule::from_request(&rec.request, by);
-            match self.inner.store.add_standing_rule(&rule).await {
-                Ok(()) => {
-                    if let Ok(mut s) = self.inner.standing.write() {
-                        s.push(rule.clone());
-                    }
-                    self.inner.events.publish(events::RULES_CHANGED, json!({}));
-                    self.audit(
-                        AuditEntry::new(AuditEvent::RuleAdded, Some(&id))
-                            .actor(by)
-                            .detail(json!({ "rule": rule })),
-                    )
-                    .await;
+            Box::pin(self.add_standing_rule(&rec.request, by)).await;
+        }
+    }
+
+    /// Approve-always: from now on, the same ask is approved by a standing rule.
+    async fn add_standing_rule(&self, req: &ApprovalRequest, by: &ApproverIdentity) {
+        let rule = StandingRule::from_request(req, by);
+        match self.inner.store.add_standing_rule(&rule).await {
+            Ok(()) => {
+                if let Ok(mut s) = self.inner.standing.write() {
+                    s.push(rule.clone());
                 }
-                Err(e) => tracing::error!(error = %e, "could not store the standing rule"),
+                self.inner.events.publish(events::RULES_CHANGED, json!({}));
+                self.audit(
+                    AuditEntry::new(AuditEvent::RuleAdded, Some(&req.id))
+                        .actor(by)
+                        .detail(json!({ "rule": rule })),
+                )
+                .await;
             }
+            Err(e) => tracing::error!(error = %e, "could not store the standing rule"),
         }
     }
 

@@ -43,7 +43,8 @@ pub async fn http_rpc(
             return error_response(&err, Value::Null);
         }
     };
-    match handle_message(&ctx, &caller, &body).await {
+    // Boxed for the reason given in `ws::serve`.
+    match Box::pin(handle_message(&ctx, &caller, &body)).await {
         Some(answer) => axum::Json(answer).into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     }

@@ -83,8 +83,11 @@ async fn serve(
         let ctx = ctx.clone();
         let caller = caller.clone();
         let tx = tx.clone();
+        // Boxed: answering a call is a large future, and a task's future is moved (copied)
+        // as it is spawned and again as it finishes; a box is moved as one pointer.
         tokio::spawn(async move {
-            if let Some(answer) = rpc::handle_message(&ctx, &caller, &text).await {
+            let answer = Box::pin(rpc::handle_message(&ctx, &caller, &text)).await;
+            if let Some(answer) = answer {
                 let _ = tx.send(crate::events::json_text(&answer)).await;
             }
         });

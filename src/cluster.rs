@@ -78,7 +78,6 @@ pub async fn shared_ui_key(pool: &PgPool) -> anyhow::Result<crate::ui::SessionKe
 /// Write each event published here and NOTIFY the others, in order.
 async fn announce(pool: PgPool, instance: String, mut rx: mpsc::UnboundedReceiver<PeerEvent>) {
     while let Some((method, params)) = rx.recv().await {
-        let params = params.to_string();
         // Retried briefly: a waiter on another instance depends on this announcement (it
         // would otherwise learn of the decision only from its own expiry timer).
         for attempt in 0..5u32 {
@@ -89,7 +88,7 @@ async fn announce(pool: PgPool, instance: String, mut rx: mpsc::UnboundedReceive
             )
             .bind(&instance)
             .bind(method)
-            .bind(&params)
+            .bind(params.as_ref())
             .bind(CHANNEL)
             .execute(&pool)
             .await;
@@ -131,9 +130,7 @@ async fn hear(
                 .await;
                 match row {
                     Ok(Some((method, params))) => {
-                        let (Some(method), Ok(params)) =
-                            (events::known_method(&method), serde_json::from_str(&params))
-                        else {
+                        let Some(method) = events::known_method(&method) else {
                             tracing::warn!(method, "an unknown event from another instance");
                             continue;
                         };

@@ -36,8 +36,10 @@ use crate::upstream::Upstream;
 
 mod execution;
 mod peers;
+mod view;
 
 pub use execution::{ApproveAnswer, EnqueueTask, ExecutionReport, TaskSnapshot, execution_text};
+pub use view::{ApprovalView, ResultView};
 
 /// What a caller sends to ask for approval (the params of `tool.approval.request`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -441,7 +443,7 @@ impl ToolApprovalForwarder {
         }
         self.inner
             .events
-            .publish(events::REQUESTED, self.view_json(&rec));
+            .publish(events::REQUESTED, &self.approval_view(&rec));
         if fanout {
             rec.deliveries = Box::pin(self.deliver_all(&rec)).await;
         }
@@ -956,7 +958,7 @@ impl ToolApprovalForwarder {
                 let progress = progress_text(&rec, min);
                 self.inner.events.publish(
                     events::UPDATED,
-                    json!({ "approval": self.view_json(&rec), "progress": progress }),
+                    &json!({ "approval": self.approval_view(&rec), "progress": progress }),
                 );
                 self.edit_all(&rec, TemplateKind::Request);
                 Ok(rec)
@@ -1097,7 +1099,7 @@ impl ToolApprovalForwarder {
         };
         let kind = TemplateKind::outcome(rec.status);
         tracing::info!(id = %id, verdict = resolution.verdict.as_str(), by = ?resolution.decided_by.as_ref().map(|d| &d.approver_id), "approval resolved");
-        self.inner.events.publish(method, result_json(&rec));
+        self.inner.events.publish(method, &ResultView(&rec));
         self.edit_all(&rec, kind);
 
         if resolution.verdict == Verdict::Timeout {
@@ -1118,7 +1120,7 @@ impl ToolApprovalForwarder {
                 if let Ok(mut s) = self.inner.standing.write() {
                     s.push(rule.clone());
                 }
-                self.inner.events.publish(events::RULES_CHANGED, json!({}));
+                self.inner.events.publish(events::RULES_CHANGED, &json!({}));
                 self.audit(
                     AuditEntry::new(AuditEvent::RuleAdded, Some(&req.id))
                         .actor(by)
@@ -1415,7 +1417,7 @@ impl ToolApprovalForwarder {
                 event["id"] = json!(id);
                 self.audit(AuditEntry::new(AuditEvent::Delivered, Some(id)).detail(detail))
                     .await;
-                self.inner.events.publish(events::DELIVERED, event);
+                self.inner.events.publish(events::DELIVERED, &event);
                 // Settled while this prompt was on its way: show the outcome on it too.
                 if settled_meanwhile
                     && let Ok(now) = self.load(id).await
@@ -1433,7 +1435,7 @@ impl ToolApprovalForwarder {
                 .await;
                 let mut event = detail;
                 event["id"] = json!(id);
-                self.inner.events.publish(events::DELIVERY_FAILED, event);
+                self.inner.events.publish(events::DELIVERY_FAILED, &event);
             }
         }
         delivery
@@ -1664,14 +1666,17 @@ impl ToolApprovalForwarder {
     }
 
     /// The pending view of a request, as events carry it.
+    /// How stream clients and `get`/`list` show a request (see [`ApprovalView`]).
+    pub fn approval_view<'a>(&self, rec: &'a ApprovalRecord) -> ApprovalView<'a> {
+        ApprovalView {
+            record: rec,
+            progress: progress_text(rec, self.inner.config.approvals.min_approvals as usize),
+        }
+    }
+
+    /// [`Self::approval_view`] as a JSON value.
     pub fn view_json(&self, rec: &ApprovalRecord) -> serde_json::Value {
-        let mut v = result_json(rec);
-        v["request"] = json!(rec.request);
-        v["progress"] = json!(progress_text(
-            rec,
-            self.inner.config.approvals.min_approvals as usize
-        ));
-        v
+        serde_json::to_value(self.approval_view(rec)).unwrap_or_default()
     }
 
     async fn audit(&self, entry: AuditEntry) {
@@ -1708,7 +1713,7 @@ impl ToolApprovalForwarder {
         if let Ok(mut s) = self.inner.standing.write() {
             s.retain(|r| r.id != rule.id);
         }
-        self.inner.events.publish(events::RULES_CHANGED, json!({}));
+        self.inner.events.publish(events::RULES_CHANGED, &json!({}));
         self.audit(
             AuditEntry::new(AuditEvent::RuleRevoked, Some(&rule.source_approval))
                 .actor(by)
@@ -1797,31 +1802,8 @@ pub fn progress_text(rec: &ApprovalRecord, min: usize) -> Option<String> {
 
 /// The API shape of a record (the `tool.approval.request` answer).
 pub fn result_json(rec: &ApprovalRecord) -> serde_json::Value {
-    let delivered: Vec<_> = rec.delivered_to();
-    let mut v = json!({
-        "id": rec.request.id,
-        "status": rec.status,
-        "tool": rec.request.tool,
-        "delivered_to": delivered,
-        "created_at": rec.request.created_at,
-        "expires_at": rec.request.expires_at,
-        "approvals": rec.approvals.iter().map(|a| json!({
-            "approver": a.approver,
-            "decision": a.decision,
-            "reason": a.reason,
-            "decided_at": a.decided_at,
-        })).collect::<Vec<_>>(),
-    });
-    if let Some(r) = &rec.resolution {
-        v["decision"] = json!(r.verdict);
-        if let Some(scope) = r.scope {
-            v["scope"] = json!(scope);
-        }
-        v["decided_by"] = json!(r.decided_by);
-        v["reason"] = json!(r.reason);
-        v["resolved_at"] = json!(r.resolved_at);
-    }
-    v
+    // Serialising a record cannot fail: every map key is a string.
+    serde_json::to_value(ResultView(rec)).unwrap_or_default()
 }
 
 #[async_trait]

@@ -6,19 +6,21 @@ use std::sync::{Arc, OnceLock};
 use serde::Serialize;
 use tokio::sync::{broadcast, mpsc};
 
-/// One notification. `method` is the JSON-RPC notification name, e.g. `tool.approval.resolved`.
-#[derive(Debug, Clone, Serialize)]
+/// One notification, serialised once for every subscriber.
+#[derive(Debug, Clone)]
 pub struct Event {
     pub method: &'static str,
-    /// Shared: every subscriber receives its own copy of the event, so nothing in it is cloned
-    /// deeply per subscriber.
-    pub params: Arc<serde_json::Value>,
-    /// `params` as JSON text, serialised once for every SSE client.
-    #[serde(skip)]
+    /// The params as JSON text (what SSE clients are sent).
     pub params_text: Arc<str>,
-    /// The whole JSON-RPC notification, serialised once for every WebSocket client.
-    #[serde(skip)]
+    /// The whole JSON-RPC notification (what WebSocket clients are sent).
     pub notification: Arc<str>,
+}
+
+impl Event {
+    /// The params parsed, for the few that look inside an event.
+    pub fn params(&self) -> serde_json::Value {
+        serde_json::from_str(&self.params_text).unwrap_or_default()
+    }
 }
 
 pub const REQUESTED: &str = "tool.approval.requested";
@@ -42,9 +44,10 @@ pub const RULES_CHANGED: &str = "cluster.rules_changed";
 
 /// `value` as compact JSON text. Faster than `Value::to_string` (which goes through
 /// `fmt::Write` a piece at a time): this is done for every event and every RPC answer.
-pub fn json_text(value: &serde_json::Value) -> String {
-    // Writing a `Value` to memory cannot fail: its map keys are strings.
-    serde_json::to_string(value).unwrap_or_default()
+pub fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
+    // What is published and answered is built from maps with string keys, which cannot fail
+    // to serialise.
+    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }
 
 /// Every method a client may be sent, to map one received from another instance back to its
@@ -66,8 +69,9 @@ pub fn known_method(method: &str) -> Option<&'static str> {
     .find(|m| *m == method)
 }
 
-/// What is handed to the other instances of a cluster: an event published here.
-pub type PeerEvent = (&'static str, serde_json::Value);
+/// What is handed to the other instances of a cluster: an event published here, its params
+/// as JSON text.
+pub type PeerEvent = (&'static str, Arc<str>);
 
 /// A broadcast channel; slow subscribers lose old events rather than slowing the engine.
 /// In a cluster every event published here is also handed to the other instances.
@@ -92,28 +96,33 @@ impl EventBus {
         let _ = self.peers.set(peers);
     }
 
-    /// Tell this instance's clients and, in a cluster, every other instance.
-    pub fn publish(&self, method: &'static str, params: serde_json::Value) {
-        if let Some(peers) = self.peers.get() {
-            let _ = peers.send((method, params.clone()));
+    /// Tell this instance's clients and, in a cluster, every other instance. `params` is
+    /// serialised once, and not at all when nobody would receive it.
+    pub fn publish<T: Serialize + ?Sized>(&self, method: &'static str, params: &T) {
+        let peers = self.peers.get();
+        let local = method != RULES_CHANGED && self.tx.receiver_count() > 0;
+        if peers.is_none() && !local {
+            return;
         }
-        if method != RULES_CHANGED {
-            self.publish_local(method, params);
+        let params_text: Arc<str> = json_text(params).into();
+        if let Some(peers) = peers {
+            let _ = peers.send((method, params_text.clone()));
+        }
+        if local {
+            self.publish_local(method, params_text);
         }
     }
 
     /// Tell this instance's clients only (an event that came from another instance).
-    pub fn publish_local(&self, method: &'static str, params: serde_json::Value) {
+    pub fn publish_local(&self, method: &'static str, params_text: Arc<str>) {
         // No subscribers is fine: events are a live view, the store is the record.
         if self.tx.receiver_count() == 0 {
             return;
         }
-        let params_text: Arc<str> = json_text(&params).into();
         let notification: Arc<str> =
             format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params_text}}}"#).into();
         let _ = self.tx.send(Event {
             method,
-            params: Arc::new(params),
             params_text,
             notification,
         });

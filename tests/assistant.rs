@@ -213,7 +213,7 @@ async fn while_the_upstream_is_down_tasks_get_strict_constraints_and_nothing_is_
     let mut seen = Vec::new();
     while let Ok(ev) = events.try_recv() {
         if ev.method == "approvald.fallback" {
-            seen.push(ev.params["in_fallback"].as_bool().unwrap());
+            seen.push(ev.params()["in_fallback"].as_bool().unwrap());
         }
     }
     // Entering is announced by the first probe, which runs as the server starts and may come

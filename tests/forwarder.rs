@@ -410,8 +410,8 @@ async fn quorum_needs_distinct_people_shows_progress_and_any_deny_rejects() {
             break ev;
         }
     };
-    assert_eq!(update.params["approval"]["id"], id);
-    assert_eq!(update.params["progress"], "1 of 2 approvals: Alice");
+    assert_eq!(update.params()["approval"]["id"], id);
+    assert_eq!(update.params()["progress"], "1 of 2 approvals: Alice");
     // Prompts everywhere show the progress.
     a.wait_until(Duration::from_secs(5), "progress edit", |_| {
         a.updates()
@@ -789,7 +789,7 @@ timeout_notice_targets = [{ channel = "chat-b", to = "C-oncall" }]
     .await;
     let mut saw_expired = false;
     while let Ok(ev) = events.try_recv() {
-        if ev.method == "tool.approval.expired" && ev.params["id"] == id {
+        if ev.method == "tool.approval.expired" && ev.params()["id"] == id {
             saw_expired = true;
         }
     }

@@ -266,6 +266,11 @@ pub fn check(data: &[u8]) {
             .await
         })
         .unwrap_or_else(|_| panic!("handle_message did not answer within 20 s"));
+    // Every answer is JSON text; what it says is checked on the parsed value.
+    let answer = answer.map(|text| {
+        serde_json::from_str::<Value>(&text)
+            .unwrap_or_else(|e| panic!("the answer is not JSON ({e}): {text}"))
+    });
     check_answer(body, answer.as_ref());
     // Let the engine's background work for this input (deliveries, edits, expiry) run.
     std::thread::sleep(Duration::from_millis(1));

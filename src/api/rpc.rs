@@ -16,8 +16,9 @@ use super::{AppContext, authenticate};
 use crate::config::TokenScope;
 use crate::directory::Caller;
 use crate::domain::{ApproverIdentity, Decision, Status, Transport};
-use crate::engine::{Actor, DecisionAttempt, NewRequest, result_json};
+use crate::engine::{Actor, DecisionAttempt, NewRequest, ResultView};
 use crate::error::ApprovalError;
+use crate::events::json_text;
 use crate::store::{AuditQuery, ListQuery};
 
 /// `POST /rpc`.
@@ -45,7 +46,11 @@ pub async fn http_rpc(
     };
     // Boxed for the reason given in `ws::serve`.
     match Box::pin(handle_message(&ctx, &caller, &body)).await {
-        Some(answer) => axum::Json(answer).into_response(),
+        Some(answer) => (
+            [(axum::http::header::CONTENT_TYPE, "application/json")],
+            answer,
+        )
+            .into_response(),
         None => StatusCode::NO_CONTENT.into_response(),
     }
 }
@@ -63,85 +68,129 @@ fn error_object(err: &ApprovalError, id: Value) -> Value {
     })
 }
 
-/// Handle one message (a request, a notification or a batch). `None` means nothing to answer.
-pub async fn handle_message(ctx: &AppContext, caller: &Caller, body: &[u8]) -> Option<Value> {
+/// What a method answers: a JSON value, or a record serialised straight to text.
+enum Answer {
+    Value(Value),
+    Text(Box<serde_json::value::RawValue>),
+}
+
+impl Answer {
+    /// The record as callers are answered about it ([`ResultView`]).
+    fn record(rec: &crate::domain::ApprovalRecord) -> Self {
+        match serde_json::value::to_raw_value(&ResultView(rec)) {
+            Ok(text) => Self::Text(text),
+            // Cannot happen (every key is a string); the value form says the same.
+            Err(_) => Self::Value(crate::engine::result_json(rec)),
+        }
+    }
+}
+
+/// A successful JSON-RPC response.
+#[derive(serde::Serialize)]
+struct Success<'a> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    result: &'a Value,
+}
+
+/// [`Success`] with a result that is JSON text already.
+#[derive(serde::Serialize)]
+struct SuccessText<'a> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    result: &'a serde_json::value::RawValue,
+}
+
+/// Handle one message (a request, a notification or a batch): the answer as JSON text, or
+/// `None` when there is nothing to answer.
+pub async fn handle_message(ctx: &AppContext, caller: &Caller, body: &[u8]) -> Option<String> {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            return Some(error_object(
+            return Some(json_text(&error_object(
                 &ApprovalError::Parse(format!("body is not valid JSON: {e}")),
                 Value::Null,
-            ));
+            )));
         }
     };
     match value {
-        Value::Array(items) if items.is_empty() => Some(error_object(
+        Value::Array(items) if items.is_empty() => Some(json_text(&error_object(
             &ApprovalError::InvalidRequest("empty batch".into()),
             Value::Null,
-        )),
+        ))),
         Value::Array(items) => {
             let answers = futures::future::join_all(
                 items.into_iter().map(|item| handle_one(ctx, caller, item)),
             )
             .await;
-            let answers: Vec<Value> = answers.into_iter().flatten().collect();
-            (!answers.is_empty()).then_some(Value::Array(answers))
+            let answers: Vec<String> = answers.into_iter().flatten().collect();
+            (!answers.is_empty()).then(|| format!("[{}]", answers.join(",")))
         }
         other => handle_one(ctx, caller, other).await,
     }
 }
 
-async fn handle_one(ctx: &AppContext, caller: &Caller, item: Value) -> Option<Value> {
+async fn handle_one(ctx: &AppContext, caller: &Caller, item: Value) -> Option<String> {
+    let error = |e: &ApprovalError, id: Value| Some(json_text(&error_object(e, id)));
     let Value::Object(mut obj) = item else {
-        return Some(error_object(
+        return error(
             &ApprovalError::InvalidRequest("a request must be a JSON object".into()),
             Value::Null,
-        ));
+        );
     };
     let id = obj.remove("id");
     let is_notification = id.is_none();
     let id = id.unwrap_or(Value::Null);
     if !matches!(id, Value::Null | Value::String(_) | Value::Number(_)) {
-        return Some(error_object(
+        return error(
             &ApprovalError::InvalidRequest("id must be a string, a number or null".into()),
             Value::Null,
-        ));
+        );
     }
-    if obj.get("jsonrpc") != Some(&json!("2.0")) {
-        return Some(error_object(
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return error(
             &ApprovalError::InvalidRequest("jsonrpc must be \"2.0\"".into()),
             id,
-        ));
+        );
     }
     let Some(Value::String(method)) = obj.remove("method") else {
-        return Some(error_object(
+        return error(
             &ApprovalError::InvalidRequest("method must be a string".into()),
             id,
-        ));
+        );
     };
     let params = match obj.remove("params") {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(p @ Value::Object(_)) => p,
         Some(_) => {
-            return Some(error_object(
+            return error(
                 &ApprovalError::InvalidParams("params must be an object".into()),
                 id,
-            ));
+            );
         }
     };
     let result = dispatch(ctx, caller, &method, params).await;
     if is_notification {
         return None;
     }
-    Some(match result {
-        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result }),
+    match result {
+        Ok(Answer::Value(result)) => Some(json_text(&Success {
+            jsonrpc: "2.0",
+            id: &id,
+            result: &result,
+        })),
+        Ok(Answer::Text(result)) => Some(json_text(&SuccessText {
+            jsonrpc: "2.0",
+            id: &id,
+            result: &result,
+        })),
         Err(e) => {
             if let ApprovalError::Internal(detail) = &e {
                 tracing::error!(method, detail, "internal error answering RPC");
             }
-            error_object(&e, id)
+            error(&e, id)
         }
-    })
+    }
 }
 
 fn parse<T: DeserializeOwned>(params: Value) -> Result<T, ApprovalError> {
@@ -214,12 +263,14 @@ struct RevokeParams {
     id: String,
 }
 
+/// The method table. Asking, waiting and deciding (every cycle) answer with the record
+/// serialised straight to text; the rest go through a JSON value.
 async fn dispatch(
     ctx: &AppContext,
     caller: &Caller,
     method: &str,
     params: Value,
-) -> Result<Value, ApprovalError> {
+) -> Result<Answer, ApprovalError> {
     let engine = &ctx.engine;
     match method {
         "tool.approval.request" => {
@@ -228,56 +279,17 @@ async fn dispatch(
             let wait = new.wait.unwrap_or(true);
             let rec = engine.request(new, caller).await?;
             if !wait || rec.status != Status::Pending {
-                return Ok(result_json(&rec));
+                return Ok(Answer::record(&rec));
             }
             let rec = engine.wait_on(rec, None).await?;
-            Ok(result_json(&rec))
+            Ok(Answer::record(&rec))
         }
         "tool.approval.wait" => {
             let p: IdParams = parse(params)?;
             let rec = engine
                 .wait(&p.id, p.timeout_ms.map(Duration::from_millis))
                 .await?;
-            Ok(result_json(&rec))
-        }
-        "tool.approval.get" => {
-            let p: IdParams = parse(params)?;
-            let rec = engine.get(&p.id).await?;
-            let mut v = engine.view_json(&rec);
-            v["deliveries"] = json!(rec.deliveries);
-            Ok(v)
-        }
-        "tool.approval.list" => {
-            let p: ListParams = parse(params)?;
-            let status = p
-                .status
-                .as_deref()
-                .map(str::parse::<Status>)
-                .transpose()
-                .map_err(ApprovalError::InvalidParams)?;
-            let before = p.cursor.as_deref().map(parse_cursor).transpose()?;
-            let limit = p.limit.unwrap_or(50).clamp(1, 500);
-            let items = engine
-                .list(&ListQuery {
-                    status,
-                    agent_id: p.agent_id,
-                    tool: p.tool,
-                    limit,
-                    before,
-                })
-                .await?;
-            let next_cursor = (items.len() == limit as usize)
-                .then(|| items.last())
-                .flatten()
-                .map(|r| {
-                    format!(
-                        "{}:{}",
-                        r.request.created_at.timestamp_millis(),
-                        r.request.id
-                    )
-                });
-            let items: Vec<Value> = items.iter().map(|r| engine.view_json(r)).collect();
-            Ok(json!({ "items": items, "next_cursor": next_cursor }))
+            Ok(Answer::record(&rec))
         }
         "tool.approval.resolve" => {
             let p: ResolveParams = parse(params)?;
@@ -320,7 +332,61 @@ async fn dispatch(
                     actor,
                 })
                 .await?;
-            Ok(result_json(&rec))
+            Ok(Answer::record(&rec))
+        }
+        _ => Box::pin(dispatch_value(ctx, caller, method, params))
+            .await
+            .map(Answer::Value),
+    }
+}
+
+/// Every other method: answered with a JSON value.
+async fn dispatch_value(
+    ctx: &AppContext,
+    caller: &Caller,
+    method: &str,
+    params: Value,
+) -> Result<Value, ApprovalError> {
+    let engine = &ctx.engine;
+    match method {
+        "tool.approval.get" => {
+            let p: IdParams = parse(params)?;
+            let rec = engine.get(&p.id).await?;
+            let mut v = engine.view_json(&rec);
+            v["deliveries"] = json!(rec.deliveries);
+            Ok(v)
+        }
+        "tool.approval.list" => {
+            let p: ListParams = parse(params)?;
+            let status = p
+                .status
+                .as_deref()
+                .map(str::parse::<Status>)
+                .transpose()
+                .map_err(ApprovalError::InvalidParams)?;
+            let before = p.cursor.as_deref().map(parse_cursor).transpose()?;
+            let limit = p.limit.unwrap_or(50).clamp(1, 500);
+            let items = engine
+                .list(&ListQuery {
+                    status,
+                    agent_id: p.agent_id,
+                    tool: p.tool,
+                    limit,
+                    before,
+                })
+                .await?;
+            let next_cursor = (items.len() == limit as usize)
+                .then(|| items.last())
+                .flatten()
+                .map(|r| {
+                    format!(
+                        "{}:{}",
+                        r.request.created_at.timestamp_millis(),
+                        r.request.id
+                    )
+                });
+            let items: Vec<Value> = items.iter().map(|r| engine.view_json(r)).collect();
+            Ok(json!({ "items": items, "next_cursor": next_cursor }))
         }
         "audit.list" => {
             caller.require(TokenScope::Admin)?;

@@ -88,7 +88,7 @@ async fn serve(
         tokio::spawn(async move {
             let answer = Box::pin(rpc::handle_message(&ctx, &caller, &text)).await;
             if let Some(answer) = answer {
-                let _ = tx.send(crate::events::json_text(&answer)).await;
+                let _ = tx.send(answer).await;
             }
         });
     }

@@ -943,7 +943,7 @@ impl ToolApprovalForwarder {
                 let abort = after.task.abort.clone();
                 self.inner.events.publish(
                     events::EXECUTION_ABORT,
-                    json!({
+                    &json!({
                         "task_id": after.task.task_id,
                         "approval_id": id,
                         "reason": abort.as_ref().map(|a| a.reason.clone()),
@@ -954,7 +954,7 @@ impl ToolApprovalForwarder {
         }
         self.inner
             .events
-            .publish(events::TASK_UPDATED, self.task_json(&after));
+            .publish(events::TASK_UPDATED, &self.task_json(&after));
         if let Some(text) = execution_text(&after) {
             self.edit_all_with(
                 &after.approval,
@@ -1075,7 +1075,7 @@ impl ToolApprovalForwarder {
         .await;
         self.inner.events.publish(
             events::FALLBACK,
-            json!({ "in_fallback": entered, "error": error, "strict": strict, "message": text }),
+            &json!({ "in_fallback": entered, "error": error, "strict": strict, "message": text }),
         );
         for target in &self.inner.config.delivery.timeout_notice_targets {
             if let Some(channel) = self.inner.channels.get(&target.channel).cloned() {

@@ -106,7 +106,11 @@ impl ToolApprovalForwarder {
 
     /// An event another instance published: keep timers, waiters and rules in step, then
     /// tell this instance's stream clients.
-    pub async fn on_peer_event(&self, method: &'static str, params: Value) {
+    pub async fn on_peer_event(&self, method: &'static str, params_text: String) {
+        let Ok(params) = serde_json::from_str::<Value>(&params_text) else {
+            tracing::warn!(method, "an event from another instance is not JSON");
+            return;
+        };
         let id = params.get("id").and_then(Value::as_str).map(str::to_string);
         match (method, id) {
             (events::REQUESTED, Some(id)) => {
@@ -129,7 +133,7 @@ impl ToolApprovalForwarder {
             _ => {}
         }
         if method != events::RULES_CHANGED {
-            self.inner.events.publish_local(method, params);
+            self.inner.events.publish_local(method, params_text.into());
         }
     }
 

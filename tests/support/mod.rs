@@ -431,7 +431,7 @@ impl EventLog {
                     Ok(e) => sink
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
-                        .push((e.method.to_string(), (*e.params).clone())),
+                        .push((e.method.to_string(), e.params())),
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
                 }

@@ -60,6 +60,7 @@ pub struct AuditEntry {
     /// Position in the log, assigned by the store.
     #[serde(default)]
     pub seq: i64,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub at: DateTime<Utc>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_id: Option<String>,

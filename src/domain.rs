@@ -109,7 +109,9 @@ pub struct ApprovalRequest {
     pub origin: Option<Origin>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub estimated_cost: Option<f64>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub created_at: DateTime<Utc>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub expires_at: DateTime<Utc>,
     pub allowed_decisions: Vec<Decision>,
     /// The API token that created it: asking and approving with one token is self-approval.
@@ -194,6 +196,7 @@ pub struct Approval {
     pub decision: Decision,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub decided_at: DateTime<Utc>,
 }
 
@@ -280,6 +283,7 @@ pub struct Resolution {
     pub decided_by: Option<ApproverIdentity>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub resolved_at: DateTime<Utc>,
 }
 
@@ -291,6 +295,7 @@ pub struct Delivery {
     pub message: Option<MessageRef>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(serialize_with = "crate::rfc3339::serialize")]
     pub at: DateTime<Utc>,
 }
 

@@ -12,8 +12,9 @@ pub struct Event {
     pub method: &'static str,
     /// The params as JSON text (what SSE clients are sent).
     pub params_text: Arc<str>,
-    /// The whole JSON-RPC notification (what WebSocket clients are sent).
-    pub notification: Arc<str>,
+    /// The whole JSON-RPC notification (what WebSocket clients are sent); shared, not copied,
+    /// by every client's frame.
+    pub notification: axum::extract::ws::Utf8Bytes,
 }
 
 impl Event {
@@ -119,7 +120,7 @@ impl EventBus {
         if self.tx.receiver_count() == 0 {
             return;
         }
-        let notification: Arc<str> =
+        let notification =
             format!(r#"{{"jsonrpc":"2.0","method":"{method}","params":{params_text}}}"#).into();
         let _ = self.tx.send(Event {
             method,

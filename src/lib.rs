@@ -25,6 +25,7 @@ pub mod error;
 pub mod events;
 pub mod limits;
 pub mod metrics;
+pub mod rfc3339;
 pub mod rules;
 pub mod server;
 pub mod shutdown;

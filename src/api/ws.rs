@@ -58,7 +58,7 @@ async fn serve(
                 },
                 ev = events.recv() => match ev {
                     Ok(ev) => {
-                        if sink.feed(Message::Text(ev.notification.as_ref().into())).await.is_err() { break }
+                        if sink.feed(Message::Text(ev.notification)).await.is_err() { break }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
                     Err(_) => break,
@@ -108,10 +108,7 @@ async fn feed_ready(
             sink.feed(Message::Text(text.into())).await?;
         } else {
             match events.try_recv() {
-                Ok(ev) => {
-                    sink.feed(Message::Text(ev.notification.as_ref().into()))
-                        .await?
-                }
+                Ok(ev) => sink.feed(Message::Text(ev.notification)).await?,
                 Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
                 Err(_) => return Ok(()),
             }

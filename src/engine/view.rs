@@ -20,6 +20,15 @@ pub struct ApprovalView<'a> {
     pub progress: Option<String>,
 }
 
+/// A date as [`crate::rfc3339`] writes it.
+struct Rfc3339<'a>(&'a chrono::DateTime<chrono::Utc>);
+
+impl Serialize for Rfc3339<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        crate::rfc3339::serialize(self.0, serializer)
+    }
+}
+
 /// One decision as answers show it: `reason` always present (`null` when none was given).
 struct DecisionView<'a>(&'a Approval);
 
@@ -30,8 +39,8 @@ impl ResultView<'_> {
         map.serialize_entry("status", &rec.status)?;
         map.serialize_entry("tool", &rec.request.tool)?;
         map.serialize_entry("delivered_to", &rec.delivered_to())?;
-        map.serialize_entry("created_at", &rec.request.created_at)?;
-        map.serialize_entry("expires_at", &rec.request.expires_at)?;
+        map.serialize_entry("created_at", &Rfc3339(&rec.request.created_at))?;
+        map.serialize_entry("expires_at", &Rfc3339(&rec.request.expires_at))?;
         let decisions: Vec<DecisionView> = rec.approvals.iter().map(DecisionView).collect();
         map.serialize_entry("approvals", &decisions)?;
         if let Some(r) = &rec.resolution {
@@ -41,7 +50,7 @@ impl ResultView<'_> {
             }
             map.serialize_entry("decided_by", &r.decided_by)?;
             map.serialize_entry("reason", &r.reason)?;
-            map.serialize_entry("resolved_at", &r.resolved_at)?;
+            map.serialize_entry("resolved_at", &Rfc3339(&r.resolved_at))?;
         }
         Ok(())
     }
@@ -72,7 +81,7 @@ impl Serialize for DecisionView<'_> {
         map.serialize_entry("approver", &a.approver)?;
         map.serialize_entry("decision", &a.decision)?;
         map.serialize_entry("reason", &a.reason)?;
-        map.serialize_entry("decided_at", &a.decided_at)?;
+        map.serialize_entry("decided_at", &Rfc3339(&a.decided_at))?;
         map.end()
     }
 }

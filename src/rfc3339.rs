@@ -40,9 +40,9 @@ fn write(at: &DateTime<Utc>, buf: &mut [u8; 30]) -> Option<usize> {
     w.digits(at.second(), 2);
     if nanos != 0 {
         w.byte(b'.');
-        if nanos % 1_000_000 == 0 {
+        if nanos.is_multiple_of(1_000_000) {
             w.digits(nanos / 1_000_000, 3);
-        } else if nanos % 1_000 == 0 {
+        } else if nanos.is_multiple_of(1_000) {
             w.digits(nanos / 1_000, 6);
         } else {
             w.digits(nanos, 9);

@@ -142,8 +142,16 @@ impl ApprovalRequest {
             self.risk_class,
             self.summary,
         ]);
-        let digest = sha2::Sha256::digest(parts.to_string().as_bytes());
-        digest.iter().map(|b| format!("{b:02x}")).collect()
+        // `to_vec` writes the same text as `to_string`, without `fmt`; it cannot fail on a
+        // value. The key is computed for every request, so the hex is written directly too.
+        let digest = sha2::Sha256::digest(serde_json::to_vec(&parts).unwrap_or_default());
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut key = String::with_capacity(64);
+        for b in digest {
+            key.push(HEX[usize::from(b >> 4)] as char);
+            key.push(HEX[usize::from(b & 0xf)] as char);
+        }
+        key
     }
 
     /// Whether two requests ask for the same thing (an explicit id resent by a retrying caller).
@@ -333,6 +341,25 @@ impl ApprovalRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Stored with every pending request: a new ask must find one stored by an earlier
+    /// version, so the key of the same ask never changes.
+    #[test]
+    fn the_fold_key_of_an_ask_stays_the_same() {
+        let req: ApprovalRequest = serde_json::from_value(serde_json::json!({
+            "id": "0b8f3c1e-5d7a-4c2b-9e1f-2a3b4c5d6e7f", "tool": "shell",
+            "command": "rm -rf build", "args": { "cwd": "/srv", "all": true },
+            "risk_class": "high", "agent_id": "builder", "session_key": "s-1",
+            "requester": { "id": "u1", "display_name": "Uma" },
+            "created_at": "2026-11-30T08:00:00Z", "expires_at": "2026-11-30T08:05:00Z",
+            "allowed_decisions": ["approve-once", "deny"], "requested_via_token": "gateway",
+        }))
+        .expect("a request");
+        assert_eq!(
+            req.fold_key(),
+            "d9ff63e01feb09899f1c53944be1b262d303fee4b63228588f8272186b718142"
+        );
+    }
 
     #[test]
     fn timeout_is_its_own_status_not_a_denial() {

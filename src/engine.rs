@@ -123,6 +123,9 @@ struct Inner {
     hot: DashMap<String, Arc<ApprovalRecord>>,
     /// Expiry timers of pending requests.
     timers: DashMap<String, tokio::task::AbortHandle>,
+    /// Requests being written, with someone waiting to decide on them (`load_stored`): handed
+    /// the record once it is stored (the sender dropped if it was not).
+    storing: DashMap<String, watch::Sender<Option<Arc<ApprovalRecord>>>>,
     /// Where timers hand the ids that are due, to be expired in batches.
     due: mpsc::UnboundedSender<String>,
     /// Its other end, taken by the expiry worker at start.
@@ -191,6 +194,7 @@ impl ToolApprovalForwarder {
                 waiters: DashMap::new(),
                 hot: DashMap::new(),
                 timers: DashMap::new(),
+                storing: DashMap::new(),
                 due,
                 due_rx: std::sync::Mutex::new(Some(due_rx)),
                 locks: DashMap::new(),
@@ -357,6 +361,11 @@ impl ToolApprovalForwarder {
                 fanout,
             )
             .await;
+        if let Some((_, written)) = self.inner.storing.remove(&req.id)
+            && matches!(stored, Ok(InsertOutcome::Inserted))
+        {
+            let _ = written.send(Some(Arc::new(ApprovalRecord::pending(req.clone()))));
+        }
         let stored = match stored {
             Ok(outcome) => outcome,
             Err(e) => {
@@ -704,6 +713,49 @@ impl ToolApprovalForwarder {
         }
     }
 
+    /// [`Self::load`], except that a request that is not stored yet is waited for: while it
+    /// is being written here (its expiry timer is armed first) until it is, and an id not
+    /// seen at all for a moment ([`UNSEEN_ID_GRACE`]), since a gateway that picks its ids may
+    /// hand one to a resolver before its own request has arrived. Either way the resolver
+    /// finds the request instead of being told the id is unknown.
+    async fn load_stored(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
+        // Ask to be handed the request before looking, so its write cannot slip between.
+        let mut written = self
+            .inner
+            .storing
+            .entry(id.to_string())
+            .or_insert_with(|| watch::channel(None).0)
+            .subscribe();
+        let found = match self.load(id).await {
+            Err(ApprovalError::UnknownId(_)) => {
+                // Being written is bounded by the store's own wait for its lock.
+                let writing = Duration::from_secs(10);
+                let first = match self.inner.timers.contains_key(id) {
+                    true => writing,
+                    false => UNSEEN_ID_GRACE,
+                };
+                let mut handed = tokio::time::timeout(first, written.wait_for(|r| r.is_some()))
+                    .await
+                    .map(|r| r.ok().and_then(|r| r.as_deref().cloned()));
+                if handed.is_err() && self.inner.timers.contains_key(id) {
+                    // It arrived during the grace and is being written now.
+                    handed = tokio::time::timeout(writing, written.wait_for(|r| r.is_some()))
+                        .await
+                        .map(|r| r.ok().and_then(|r| r.as_deref().cloned()));
+                }
+                match handed.ok().flatten() {
+                    Some(rec) => Ok(rec),
+                    None => self.load(id).await,
+                }
+            }
+            other => other,
+        };
+        self.inner
+            .storing
+            .remove_if(id, |_, w| w.subscribe().same_channel(&written));
+        found
+    }
+
     /// A full id, the one id a prefix of at least 6 characters names, or a task's id.
     pub async fn resolve_id(&self, given: &str) -> Result<String, ApprovalError> {
         let trimmed = given.trim();
@@ -764,7 +816,7 @@ impl ToolApprovalForwarder {
         let hot = self.inner.hot.get(&id).map(|r| (**r).clone());
         let rec = match hot {
             Some(rec) => rec,
-            None => Box::pin(self.load(&id)).await?,
+            None => Box::pin(self.load_stored(&id)).await?,
         };
         if rec.request.id != id {
             // An alias or a task id: decide on the request it names, under its lock.
@@ -1799,6 +1851,10 @@ pub fn progress_text(rec: &ApprovalRecord, min: usize) -> Option<String> {
         format!("{} of {min} approvals: {}", granted.len(), names.join(", "))
     })
 }
+
+/// How long a decision on an id never seen waits for its request to arrive before it is
+/// answered `unknown_id` (see `load_stored`).
+const UNSEEN_ID_GRACE: Duration = Duration::from_millis(250);
 
 /// The API shape of a record (the `tool.approval.request` answer).
 pub fn result_json(rec: &ApprovalRecord) -> serde_json::Value {

@@ -1152,3 +1152,109 @@ async fn chat_receivers_can_list_pending_for_approvers_and_find_the_approval_beh
             .is_empty()
     );
 }
+
+/// A gateway that picks its own ids may hand one to whoever decides at once, so the decision
+/// can arrive while the request is still being written. It waits for the request instead of
+/// failing as `unknown_id` (a lost click, or a retry loop for the resolver).
+#[tokio::test]
+async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
+    use approvald::domain::Transport;
+    use approvald::engine::{Actor, DecisionAttempt, NewRequest};
+
+    let s = TestServer::start("", vec![]).await;
+    let gateway = s.engine.directory().authenticate(GATEWAY).unwrap();
+    let alice = s.engine.directory().authenticate(ALICE).unwrap();
+    // A connection to read with is open already (opening one takes longer than a write).
+    let warm = s
+        .request(json!({ "tool": "t", "command": "warm-up" }))
+        .await;
+    s.get(warm["id"].as_str().unwrap()).await;
+    // Keep the store's writer busy, so the request below is still queued for writing when
+    // the decision looks it up.
+    let busy: Vec<_> = (0..1000)
+        .map(|n| {
+            let engine = s.engine.clone();
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                let new = NewRequest {
+                    tool: "t".into(),
+                    command: Some(format!("background {n}")),
+                    ..NewRequest::default()
+                };
+                engine.request(new, &gateway).await.map(|_| ())
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+    let id = "3f2a6b1c-9d4e-4f7a-8b2c-1d0e9f8a7b6c";
+    let ask = s.engine.request(
+        NewRequest {
+            id: Some(id.into()),
+            tool: "shell".into(),
+            command: Some("deploy".into()),
+            ..NewRequest::default()
+        },
+        &gateway,
+    );
+    let decide = s.engine.resolve(DecisionAttempt {
+        id: id.into(),
+        decision: approvald_channel::Decision::ApproveOnce,
+        reason: None,
+        actor: Actor::Caller {
+            caller: alice,
+            transport: Transport::Api,
+        },
+    });
+    // The request is started first (its expiry timer armed, its write queued), then the
+    // decision, as a resolver handed the id at once would.
+    let (asked, decided) = tokio::join!(ask, decide);
+    asked.expect("the request is stored");
+    let decided = decided.expect("the decision waits for its request rather than failing");
+    assert_eq!(decided.status, approvald::domain::Status::Approved);
+    assert_eq!(s.get(id).await["status"], "approved");
+    for b in busy {
+        b.await.unwrap().unwrap();
+    }
+
+    // A decision that arrives before its request does (another connection was faster)
+    // waits a moment for it too.
+    let early_id = "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
+    let alice = s.engine.directory().authenticate(ALICE).unwrap();
+    let decide = s.engine.resolve(DecisionAttempt {
+        id: early_id.into(),
+        decision: approvald_channel::Decision::Deny,
+        reason: None,
+        actor: Actor::Caller {
+            caller: alice,
+            transport: Transport::Api,
+        },
+    });
+    let ask = async {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        s.engine
+            .request(
+                NewRequest {
+                    id: Some(early_id.into()),
+                    tool: "shell".into(),
+                    command: Some("deploy again".into()),
+                    ..NewRequest::default()
+                },
+                &gateway,
+            )
+            .await
+    };
+    let (decided, asked) = tokio::join!(decide, ask);
+    asked.expect("the request is stored");
+    let decided = decided.expect("the early decision waited for its request");
+    assert_eq!(decided.status, approvald::domain::Status::Denied);
+
+    // An id that never comes is still unknown, after that moment.
+    let (kind, _) = s
+        .error_kind(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": "6d2e3f4a-5b6c-4d7e-9f8a-0b1c2d3e4f5a", "decision": "approve" }),
+        )
+        .await;
+    assert_eq!(kind, "unknown_id");
+}

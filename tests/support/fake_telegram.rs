@@ -546,15 +546,27 @@ async fn handle(
         }
     }
     let (status, v) = if method == "getupdates" {
-        get_updates(&shared, &body).await
+        let answer = get_updates(&shared, &body).await;
+        record_as(answer.0.as_u16(), &body, false, false);
+        answer
     } else {
         let mut s = shared
             .state
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        dispatch(&mut s, &method, &body)
+        let answer = dispatch(&mut s, &method, &body);
+        // Recorded under the same lock as its effect: a test that sees the message also
+        // sees the call that made it.
+        s.calls.push(Call {
+            method: method.clone(),
+            body: body.clone(),
+            at: Instant::now(),
+            status: answer.0.as_u16(),
+            late: late.is_some(),
+            garbled: false,
+        });
+        answer
     };
-    record_as(status.as_u16(), &body, late.is_some(), false);
     if let Some(hold) = late {
         // Done and recorded already: whether the client still listens makes no difference.
         tokio::time::sleep(hold).await;

@@ -734,14 +734,10 @@ impl ToolApprovalForwarder {
                     true => writing,
                     false => UNSEEN_ID_GRACE,
                 };
-                let mut handed = tokio::time::timeout(first, written.wait_for(|r| r.is_some()))
-                    .await
-                    .map(|r| r.ok().and_then(|r| r.as_deref().cloned()));
+                let mut handed = handed_within(&mut written, first).await;
                 if handed.is_err() && self.inner.timers.contains_key(id) {
                     // It arrived during the grace and is being written now.
-                    handed = tokio::time::timeout(writing, written.wait_for(|r| r.is_some()))
-                        .await
-                        .map(|r| r.ok().and_then(|r| r.as_deref().cloned()));
+                    handed = handed_within(&mut written, writing).await;
                 }
                 match handed.ok().flatten() {
                     Some(rec) => Ok(rec),
@@ -1850,6 +1846,16 @@ pub fn progress_text(rec: &ApprovalRecord, min: usize) -> Option<String> {
     } else {
         format!("{} of {min} approvals: {}", granted.len(), names.join(", "))
     })
+}
+
+/// The record handed to `written` within `limit` (`Ok(None)`: the writer gave up on it).
+async fn handed_within(
+    written: &mut watch::Receiver<Option<Arc<ApprovalRecord>>>,
+    limit: Duration,
+) -> Result<Option<ApprovalRecord>, tokio::time::error::Elapsed> {
+    tokio::time::timeout(limit, written.wait_for(|r| r.is_some()))
+        .await
+        .map(|r| r.ok().and_then(|r| r.as_deref().cloned()))
 }
 
 /// How long a decision on an id never seen waits for its request to arrive before it is

@@ -1164,6 +1164,15 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
     let s = TestServer::start("", vec![]).await;
     let gateway = s.engine.directory().authenticate(GATEWAY).unwrap();
     let alice = s.engine.directory().authenticate(ALICE).unwrap();
+    let by_alice = |id: &str, decision| DecisionAttempt {
+        id: id.into(),
+        decision,
+        reason: None,
+        actor: Actor::Caller {
+            caller: alice.clone(),
+            transport: Transport::Api,
+        },
+    };
     // A connection to read with is open already (opening one takes longer than a write).
     let warm = s
         .request(json!({ "tool": "t", "command": "warm-up" }))
@@ -1196,15 +1205,9 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
         },
         &gateway,
     );
-    let decide = s.engine.resolve(DecisionAttempt {
-        id: id.into(),
-        decision: approvald_channel::Decision::ApproveOnce,
-        reason: None,
-        actor: Actor::Caller {
-            caller: alice,
-            transport: Transport::Api,
-        },
-    });
+    let decide = s
+        .engine
+        .resolve(by_alice(id, approvald_channel::Decision::ApproveOnce));
     // The request is started first (its expiry timer armed, its write queued), then the
     // decision, as a resolver handed the id at once would.
     let (asked, decided) = tokio::join!(ask, decide);
@@ -1219,16 +1222,9 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
     // A decision that arrives before its request does (another connection was faster)
     // waits a moment for it too.
     let early_id = "5c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f";
-    let alice = s.engine.directory().authenticate(ALICE).unwrap();
-    let decide = s.engine.resolve(DecisionAttempt {
-        id: early_id.into(),
-        decision: approvald_channel::Decision::Deny,
-        reason: None,
-        actor: Actor::Caller {
-            caller: alice,
-            transport: Transport::Api,
-        },
-    });
+    let decide = s
+        .engine
+        .resolve(by_alice(early_id, approvald_channel::Decision::Deny));
     let ask = async {
         tokio::time::sleep(Duration::from_millis(30)).await;
         s.engine

@@ -85,20 +85,21 @@ impl Answer {
     }
 }
 
+impl serde::Serialize for Answer {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Value(v) => v.serialize(serializer),
+            Self::Text(text) => text.serialize(serializer),
+        }
+    }
+}
+
 /// A successful JSON-RPC response.
 #[derive(serde::Serialize)]
 struct Success<'a> {
     jsonrpc: &'static str,
     id: &'a Value,
-    result: &'a Value,
-}
-
-/// [`Success`] with a result that is JSON text already.
-#[derive(serde::Serialize)]
-struct SuccessText<'a> {
-    jsonrpc: &'static str,
-    id: &'a Value,
-    result: &'a serde_json::value::RawValue,
+    result: &'a Answer,
 }
 
 /// Handle one message (a request, a notification or a batch): the answer as JSON text, or
@@ -174,12 +175,7 @@ async fn handle_one(ctx: &AppContext, caller: &Caller, item: Value) -> Option<St
         return None;
     }
     match result {
-        Ok(Answer::Value(result)) => Some(json_text(&Success {
-            jsonrpc: "2.0",
-            id: &id,
-            result: &result,
-        })),
-        Ok(Answer::Text(result)) => Some(json_text(&SuccessText {
+        Ok(result) => Some(json_text(&Success {
             jsonrpc: "2.0",
             id: &id,
             result: &result,

@@ -1164,6 +1164,12 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
     let s = TestServer::start("", vec![]).await;
     let gateway = s.engine.directory().authenticate(GATEWAY).unwrap();
     let alice = s.engine.directory().authenticate(ALICE).unwrap();
+    let ask_for = |id: &str, command: &str| NewRequest {
+        id: Some(id.into()),
+        tool: "shell".into(),
+        command: Some(command.into()),
+        ..NewRequest::default()
+    };
     let by_alice = |id: &str, decision| DecisionAttempt {
         id: id.into(),
         decision,
@@ -1196,15 +1202,7 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
         .collect();
     tokio::task::yield_now().await;
     let id = "3f2a6b1c-9d4e-4f7a-8b2c-1d0e9f8a7b6c";
-    let ask = s.engine.request(
-        NewRequest {
-            id: Some(id.into()),
-            tool: "shell".into(),
-            command: Some("deploy".into()),
-            ..NewRequest::default()
-        },
-        &gateway,
-    );
+    let ask = s.engine.request(ask_for(id, "deploy"), &gateway);
     let decide = s
         .engine
         .resolve(by_alice(id, approvald_channel::Decision::ApproveOnce));
@@ -1228,15 +1226,7 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
     let ask = async {
         tokio::time::sleep(Duration::from_millis(30)).await;
         s.engine
-            .request(
-                NewRequest {
-                    id: Some(early_id.into()),
-                    tool: "shell".into(),
-                    command: Some("deploy again".into()),
-                    ..NewRequest::default()
-                },
-                &gateway,
-            )
+            .request(ask_for(early_id, "deploy again"), &gateway)
             .await
     };
     let (decided, asked) = tokio::join!(decide, ask);

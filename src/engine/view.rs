@@ -29,6 +29,10 @@ impl Serialize for Rfc3339<'_> {
     }
 }
 
+/// Every decision, in order, each as [`DecisionView`] (written as they are read, no list
+/// built first).
+struct DecisionsView<'a>(&'a [Approval]);
+
 /// One decision as answers show it: `reason` always present (`null` when none was given).
 struct DecisionView<'a>(&'a Approval);
 
@@ -41,8 +45,7 @@ impl ResultView<'_> {
         map.serialize_entry("delivered_to", &rec.delivered_to())?;
         map.serialize_entry("created_at", &Rfc3339(&rec.request.created_at))?;
         map.serialize_entry("expires_at", &Rfc3339(&rec.request.expires_at))?;
-        let decisions: Vec<DecisionView> = rec.approvals.iter().map(DecisionView).collect();
-        map.serialize_entry("approvals", &decisions)?;
+        map.serialize_entry("approvals", &DecisionsView(&rec.approvals))?;
         if let Some(r) = &rec.resolution {
             map.serialize_entry("decision", &r.verdict)?;
             if let Some(scope) = r.scope {
@@ -71,6 +74,12 @@ impl Serialize for ApprovalView<'_> {
         map.serialize_entry("request", &self.record.request)?;
         map.serialize_entry("progress", &self.progress)?;
         map.end()
+    }
+}
+
+impl Serialize for DecisionsView<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(self.0.iter().map(DecisionView))
     }
 }
 

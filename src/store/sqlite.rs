@@ -57,8 +57,13 @@ pub struct SqliteStore {
 }
 
 /// Copy the WAL into the database file every second (PASSIVE: never waits for, nor blocks,
-/// the writer or readers), for as long as the store is open.
-async fn checkpoint_in_background(checkpointer: SqlitePool, open: std::sync::Weak<()>) {
+/// the writer or readers), for as long as the store is open. Once the WAL has grown past
+/// `CATCH_UP_FRAMES`, the writer is asked to finish the job (see `group_commit::catch_up`).
+async fn checkpoint_in_background(
+    checkpointer: SqlitePool,
+    catch_up: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    open: std::sync::Weak<()>,
+) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -67,13 +72,35 @@ async fn checkpoint_in_background(checkpointer: SqlitePool, open: std::sync::Wea
             checkpointer.close().await;
             return;
         }
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&checkpointer)
-            .await
-        {
+        if let Err(e) = checkpoint_once(&checkpointer, &catch_up).await {
             tracing::warn!(error = %e, "WAL checkpoint failed (retried in a second)");
         }
     }
+}
+
+/// One background checkpoint. A long WAL gets more passes, each copying what was appended
+/// during the one before (less each time), so that what is left for the writer's
+/// `catch_up`, which holds every write back while it runs, is little.
+async fn checkpoint_once(
+    checkpointer: &SqlitePool,
+    catch_up: &std::sync::atomic::AtomicU64,
+) -> Result<(), sqlx::Error> {
+    let mut copied_before = 0;
+    for pass in 0..4 {
+        // (busy, frames in the WAL, frames copied into the file)
+        let (_, frames, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+            .fetch_one(checkpointer)
+            .await?;
+        if pass == 0 && frames < group_commit::CATCH_UP_FRAMES {
+            return Ok(());
+        }
+        if frames - copied_before < 2_048 {
+            break;
+        }
+        copied_before = copied;
+    }
+    catch_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
 }
 
 impl SqliteStore {
@@ -108,6 +135,7 @@ impl SqliteStore {
             .await?;
         tokio::spawn(checkpoint_in_background(
             checkpointer,
+            writes.catch_up_signal(),
             std::sync::Arc::downgrade(&open),
         ));
         let reader = SqlitePoolOptions::new()

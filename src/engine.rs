@@ -726,7 +726,16 @@ impl ToolApprovalForwarder {
             .entry(id.to_string())
             .or_insert_with(|| watch::channel(None).0)
             .subscribe();
-        let found = match self.load(id).await {
+        // An armed timer means a request under this very id is being (or was just) written
+        // here: not an alias nor a task id, so one read is enough.
+        let looked = match self.inner.timers.contains_key(id) {
+            true => match self.inner.store.get(id).await? {
+                Some(rec) => Ok(rec),
+                None => Err(ApprovalError::UnknownId(id.to_string())),
+            },
+            false => self.load(id).await,
+        };
+        let found = match looked {
             Err(ApprovalError::UnknownId(_)) => {
                 // Being written is bounded by the store's own wait for its lock.
                 let writing = Duration::from_secs(10);

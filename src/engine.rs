@@ -123,9 +123,9 @@ struct Inner {
     hot: DashMap<String, Arc<ApprovalRecord>>,
     /// Expiry timers of pending requests.
     timers: DashMap<String, tokio::task::AbortHandle>,
-    /// Requests being written, with someone waiting to decide on them (`load_stored`): handed
-    /// the record once it is stored (the sender dropped if it was not).
-    storing: DashMap<String, watch::Sender<Option<Arc<ApprovalRecord>>>>,
+    /// Requests being written here, and ids someone waits to decide on (`load_stored`):
+    /// handed the record once it is stored (the sender dropped if it was not).
+    storing: DashMap<String, Storing>,
     /// Where timers hand the ids that are due, to be expired in batches.
     due: mpsc::UnboundedSender<String>,
     /// Its other end, taken by the expiry worker at start.
@@ -329,6 +329,40 @@ impl ToolApprovalForwarder {
         preset: Option<PresetVerdict>,
         fold: bool,
     ) -> Result<ApprovalRecord, ApprovalError> {
+        let (rec, _) = self.create(new, caller, preset, fold, false).await?;
+        Ok(rec)
+    }
+
+    /// [`Self::request`] for a caller that waits for the outcome (`wait: true`): answers
+    /// once the request is settled. The caller is subscribed before its request can be
+    /// decided, so a decision that lands before it starts waiting reaches it in memory
+    /// instead of being read back from the store.
+    pub async fn request_and_wait(
+        &self,
+        new: NewRequest,
+        caller: &Caller,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let fold = self.inner.config.limits.fold_identical;
+        let (rec, told) = self.create(new, caller, None, fold, true).await?;
+        if rec.status != Status::Pending {
+            return Ok(rec);
+        }
+        match told {
+            Some(rx) => self.wait_told(rec, rx, None).await,
+            None => self.wait_on(rec, None).await,
+        }
+    }
+
+    /// The body of [`Self::request_with`]; with `waits`, also the caller's subscription to
+    /// the outcome of the request it created (`None` if it created none).
+    async fn create(
+        &self,
+        new: NewRequest,
+        caller: &Caller,
+        preset: Option<PresetVerdict>,
+        fold: bool,
+        waits: bool,
+    ) -> Result<(ApprovalRecord, Option<SettledRx>), ApprovalError> {
         self.check_rate(&new, caller).await?;
         let req = self.build_request(new, caller)?;
         let fold_key = fold.then(|| req.fold_key());
@@ -343,7 +377,15 @@ impl ToolApprovalForwarder {
         // (a resolver handed the id at once) then finds it and stops it, so an armed timer
         // always means "not settled here yet" (which `wait_on` relies on).
         let armed_here = !self.inner.timers.contains_key(&req.id);
+        // Subscribed before the timer is armed: whatever settles it is sure to tell us.
+        let mut told = (waits && armed_here).then(|| self.subscribe_waiter(&req.id));
         if armed_here {
+            // A decision arriving from now on waits to be handed the record, unread.
+            self.inner
+                .storing
+                .entry(req.id.clone())
+                .or_default()
+                .writing = true;
             self.arm_timer(&req.id, req.expires_at);
         }
         let disarm = |id: &str| {
@@ -364,18 +406,17 @@ impl ToolApprovalForwarder {
         if let Some((_, written)) = self.inner.storing.remove(&req.id)
             && matches!(stored, Ok(InsertOutcome::Inserted))
         {
-            let _ = written.send(Some(Arc::new(ApprovalRecord::pending(req.clone()))));
+            let _ = written
+                .tx
+                .send(Some(Arc::new(ApprovalRecord::pending(req.clone()))));
         }
-        let stored = match stored {
-            Ok(outcome) => outcome,
-            Err(e) => {
-                disarm(&req.id);
-                return Err(e.into());
-            }
-        };
-        if !matches!(stored, InsertOutcome::Inserted) {
+        if !matches!(stored, Ok(InsertOutcome::Inserted)) {
             disarm(&req.id);
+            if let Some(rx) = told.take() {
+                self.unsubscribe_waiter(&req.id, rx);
+            }
         }
+        let stored = stored?;
         match stored {
             InsertOutcome::Inserted => {}
             InsertOutcome::Folded(pending) => {
@@ -388,13 +429,13 @@ impl ToolApprovalForwarder {
                     ),
                 ))
                 .await;
-                return Ok(*pending);
+                return Ok((*pending, None));
             }
             InsertOutcome::Exists(existing) => {
                 // A caller retrying with its own id gets the same request back, never a
                 // second prompt; the same id with other content is refused.
                 if existing.request.same_content(&req) {
-                    return Ok(*existing);
+                    return Ok((*existing, None));
                 }
                 return Err(ApprovalError::DuplicateId(format!(
                     "approval {} already exists with different content",
@@ -448,7 +489,7 @@ impl ToolApprovalForwarder {
             }
         }
         if rec.status != Status::Pending {
-            return Ok(rec);
+            return Ok((rec, told));
         }
         self.inner
             .events
@@ -458,8 +499,13 @@ impl ToolApprovalForwarder {
         }
         if !self.inner.timers.contains_key(&id) {
             // Someone decided while the prompts were on their way (finishing stops the
-            // timer): answer the outcome.
-            return Box::pin(self.load(&id)).await;
+            // timer, then tells the subscribed): answer the outcome.
+            let settled = told.as_ref().and_then(|rx| rx.borrow().clone());
+            let rec = match settled {
+                Some(rec) => (*rec).clone(),
+                None => Box::pin(self.load(&id)).await?,
+            };
+            return Ok((rec, None));
         }
         if rec.delivered_to().is_empty() && self.inner.events.subscriber_count() == 0 {
             // Once a minute at most: a busy gateway without channels would fill the log.
@@ -482,7 +528,7 @@ impl ToolApprovalForwarder {
                 );
             }
         }
-        Ok(rec)
+        Ok((rec, told))
     }
 
     /// Refuse a request over its token's, agent's or session's rate (audited once a window).
@@ -633,22 +679,37 @@ impl ToolApprovalForwarder {
     ) -> Result<ApprovalRecord, ApprovalError> {
         let id = rec.request.id.clone();
         let rx = self.subscribe_waiter(&id);
+        // `finish` stops the timer before it empties `hot` and tells waiters: a timer still
+        // armed after we subscribed means we will be told.
+        if !self.inner.timers.contains_key(&id) {
+            self.unsubscribe_waiter(&id, rx);
+            return Box::pin(self.wait(&id, timeout)).await;
+        }
+        self.wait_told(rec, rx, timeout).await
+    }
+
+    /// Wait on pending `rec` with `rx`, subscribed while its timer was armed (so `finish`
+    /// tells it). Meanwhile the record is kept in memory, for the decision to find.
+    async fn wait_told(
+        &self,
+        rec: ApprovalRecord,
+        rx: SettledRx,
+        timeout: Option<Duration>,
+    ) -> Result<ApprovalRecord, ApprovalError> {
+        let id = rec.request.id.clone();
         let expires_at = rec.request.expires_at;
         if !self.inner.config.storage.is_postgres() {
             self.inner.hot.insert(id.clone(), Arc::new(rec));
-        }
-        // `finish` stops the timer before it empties `hot` and tells waiters: a timer still
-        // armed after we subscribed means we will be told (and our copy dropped).
-        if !self.inner.timers.contains_key(&id) {
-            self.inner.hot.remove(&id);
-            drop(rx);
-            return Box::pin(self.wait(&id, timeout)).await;
+            // Settled meanwhile: `finish` has emptied `hot` already, and told `rx`.
+            if !self.inner.timers.contains_key(&id) {
+                self.inner.hot.remove(&id);
+            }
         }
         self.block_until_settled(id, rx, expires_at, timeout).await
     }
 
     /// Be told when `id` is settled (`finish` sends the record).
-    fn subscribe_waiter(&self, id: &str) -> watch::Receiver<Option<Arc<ApprovalRecord>>> {
+    fn subscribe_waiter(&self, id: &str) -> SettledRx {
         self.inner
             .waiters
             .entry(id.to_string())
@@ -656,12 +717,21 @@ impl ToolApprovalForwarder {
             .subscribe()
     }
 
+    /// Give up `rx` (from [`Self::subscribe_waiter`]); its channel goes when nobody else
+    /// listens and nothing was sent on it.
+    fn unsubscribe_waiter(&self, id: &str, rx: SettledRx) {
+        drop(rx);
+        self.inner.waiters.remove_if(id, |_, tx| {
+            tx.borrow().is_none() && tx.receiver_count() == 0
+        });
+    }
+
     /// Block on `rx` until the request is settled, the deadline (and a grace) or `timeout`
     /// passes (then answer it as stored), or the server stops.
     async fn block_until_settled(
         &self,
         id: String,
-        mut rx: watch::Receiver<Option<Arc<ApprovalRecord>>>,
+        mut rx: SettledRx,
         expires_at: DateTime<Utc>,
         timeout: Option<Duration>,
     ) -> Result<ApprovalRecord, ApprovalError> {
@@ -720,26 +790,29 @@ impl ToolApprovalForwarder {
     /// finds the request instead of being told the id is unknown.
     async fn load_stored(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
         // Ask to be handed the request before looking, so its write cannot slip between.
-        let mut written = self
-            .inner
-            .storing
-            .entry(id.to_string())
-            .or_insert_with(|| watch::channel(None).0)
-            .subscribe();
-        // An armed timer means a request under this very id is being (or was just) written
-        // here: not an alias nor a task id, so one read is enough.
-        let looked = match self.inner.timers.contains_key(id) {
-            true => match self.inner.store.get(id).await? {
-                Some(rec) => Ok(rec),
-                None => Err(ApprovalError::UnknownId(id.to_string())),
-            },
-            false => self.load(id).await,
+        let (mut written, being_written) = {
+            let entry = self.inner.storing.entry(id.to_string()).or_default();
+            (entry.tx.subscribe(), entry.writing)
+        };
+        let looked = if being_written {
+            // Its writer hands it over: nothing to read.
+            Err(ApprovalError::UnknownId(id.to_string()))
+        } else if self.inner.timers.contains_key(id) {
+            // A request under this very id was just written here: not an alias nor a task
+            // id, so one read is enough.
+            match self.inner.store.get(id).await {
+                Ok(Some(rec)) => Ok(rec),
+                Ok(None) => Err(ApprovalError::UnknownId(id.to_string())),
+                Err(e) => Err(e.into()),
+            }
+        } else {
+            self.load(id).await
         };
         let found = match looked {
             Err(ApprovalError::UnknownId(_)) => {
                 // Being written is bounded by the store's own wait for its lock.
                 let writing = Duration::from_secs(10);
-                let first = match self.inner.timers.contains_key(id) {
+                let first = match being_written || self.inner.timers.contains_key(id) {
                     true => writing,
                     false => UNSEEN_ID_GRACE,
                 };
@@ -757,7 +830,7 @@ impl ToolApprovalForwarder {
         };
         self.inner
             .storing
-            .remove_if(id, |_, w| w.subscribe().same_channel(&written));
+            .remove_if(id, |_, w| w.tx.subscribe().same_channel(&written));
         found
     }
 
@@ -1866,6 +1939,26 @@ async fn handed_within(
         .await
         .map(|r| r.ok().and_then(|r| r.as_deref().cloned()))
 }
+
+/// A request being written, or an id a decision waits on: see `Inner::storing`.
+struct Storing {
+    tx: watch::Sender<Option<Arc<ApprovalRecord>>>,
+    /// Set by the request's own writer, which removes the entry (and hands the record over)
+    /// once the write is done.
+    writing: bool,
+}
+
+impl Default for Storing {
+    fn default() -> Self {
+        Self {
+            tx: watch::channel(None).0,
+            writing: false,
+        }
+    }
+}
+
+/// Told the record once its request is settled (see `ToolApprovalForwarder::subscribe_waiter`).
+type SettledRx = watch::Receiver<Option<Arc<ApprovalRecord>>>;
 
 /// How long a decision on an id never seen waits for its request to arrive before it is
 /// answered `unknown_id` (see `load_stored`).

@@ -1155,7 +1155,8 @@ async fn chat_receivers_can_list_pending_for_approvers_and_find_the_approval_beh
 
 /// A gateway that picks its own ids may hand one to whoever decides at once, so the decision
 /// can arrive while the request is still being written. It waits for the request instead of
-/// failing as `unknown_id` (a lost click, or a retry loop for the resolver).
+/// failing as `unknown_id` (a lost click, or a retry loop for the resolver), and the caller
+/// waiting on its request is answered with that decision.
 #[tokio::test]
 async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
     use approvald::domain::Transport;
@@ -1202,16 +1203,21 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
         .collect();
     tokio::task::yield_now().await;
     let id = "3f2a6b1c-9d4e-4f7a-8b2c-1d0e9f8a7b6c";
-    let ask = s.engine.request(ask_for(id, "deploy"), &gateway);
+    let ask = s.engine.request_and_wait(ask_for(id, "deploy"), &gateway);
     let decide = s
         .engine
         .resolve(by_alice(id, approvald_channel::Decision::ApproveOnce));
     // The request is started first (its expiry timer armed, its write queued), then the
     // decision, as a resolver handed the id at once would.
     let (asked, decided) = tokio::join!(ask, decide);
-    asked.expect("the request is stored");
+    let asked = asked.expect("the request is stored and its caller answered");
     let decided = decided.expect("the decision waits for its request rather than failing");
     assert_eq!(decided.status, approvald::domain::Status::Approved);
+    assert_eq!(asked.status, approvald::domain::Status::Approved);
+    assert_eq!(
+        asked.approvals, decided.approvals,
+        "the caller sees Alice's decision"
+    );
     assert_eq!(s.get(id).await["status"], "approved");
     for b in busy {
         b.await.unwrap().unwrap();
@@ -1226,13 +1232,14 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
     let ask = async {
         tokio::time::sleep(Duration::from_millis(30)).await;
         s.engine
-            .request(ask_for(early_id, "deploy again"), &gateway)
+            .request_and_wait(ask_for(early_id, "deploy again"), &gateway)
             .await
     };
     let (decided, asked) = tokio::join!(decide, ask);
-    asked.expect("the request is stored");
+    let asked = asked.expect("the request is stored and its caller answered");
     let decided = decided.expect("the early decision waited for its request");
     assert_eq!(decided.status, approvald::domain::Status::Denied);
+    assert_eq!(asked.status, approvald::domain::Status::Denied);
 
     // An id that never comes is still unknown, after that moment.
     let (kind, _) = s

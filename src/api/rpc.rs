@@ -272,12 +272,10 @@ async fn dispatch(
         "tool.approval.request" => {
             caller.require(TokenScope::Request)?;
             let new: NewRequest = parse(params)?;
-            let wait = new.wait.unwrap_or(true);
-            let rec = engine.request(new, caller).await?;
-            if !wait || rec.status != Status::Pending {
-                return Ok(Answer::record(&rec));
-            }
-            let rec = engine.wait_on(rec, None).await?;
+            let rec = match new.wait.unwrap_or(true) {
+                true => engine.request_and_wait(new, caller).await?,
+                false => engine.request(new, caller).await?,
+            };
             Ok(Answer::record(&rec))
         }
         "tool.approval.wait" => {

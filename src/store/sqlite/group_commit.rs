@@ -193,14 +193,18 @@ fn write_loop(conn: Connection, rx: mpsc::Receiver<Message>, catch_up_asked: &At
             Message::Write(job) => batch.push(job),
             Message::Checkpoint(reply) => checkpoint = Some(reply),
         }
-        while checkpoint.is_none() && batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(Message::Write(job)) => batch.push(job),
-                Ok(Message::Checkpoint(reply)) => checkpoint = Some(reply),
-                Err(_) => break,
+        // What has queued meanwhile, until a checkpoint (done after this batch) or a full batch.
+        let mut queued = |batch: &mut Vec<Box<dyn Job>>| {
+            while checkpoint.is_none() && batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(Message::Write(job)) => batch.push(job),
+                    Ok(Message::Checkpoint(reply)) => checkpoint = Some(reply),
+                    Err(_) => break,
+                }
             }
-        }
-        write_batch(&conn, &mut batch);
+        };
+        queued(&mut batch);
+        write_batch(&conn, &mut batch, &mut queued);
         let asked = catch_up_asked.load(Ordering::Relaxed);
         if asked != seen {
             seen = asked;
@@ -237,20 +241,24 @@ fn catch_up(conn: &Connection) {
     }
 }
 
-/// Write `batch` (emptied) in one transaction, or each on its own if that fails.
-fn write_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>) {
+/// Write `batch` (emptied) in one transaction, or each on its own if that fails. Writes that
+/// queue while the batch is being applied join it (`queued`) before the commit.
+fn write_batch(conn: &Connection, batch: &mut Vec<Box<dyn Job>>, queued: &mut Joiners<'_>) {
     if batch.is_empty() {
         return;
     }
-    match together(conn, batch) {
+    match together(conn, batch, queued) {
         Ok(()) => batch.drain(..).for_each(|job| job.answer(None)),
         Err(e) => {
             if batch.len() > 1 {
                 tracing::warn!(error = %e, writes = batch.len(), "a grouped write failed; writing each on its own");
             }
-            for mut job in batch.drain(..) {
-                let failed = together(conn, std::slice::from_mut(&mut job)).err();
-                job.answer(failed);
+            for job in batch.drain(..) {
+                let mut alone = vec![job];
+                let failed = together(conn, &mut alone, &mut |_| {}).err();
+                if let Some(job) = alone.pop() {
+                    job.answer(failed);
+                }
             }
         }
     }
@@ -260,15 +268,31 @@ pub(super) fn db(e: rusqlite::Error) -> StoreError {
     StoreError(e.to_string())
 }
 
-/// Every job of `jobs` in one transaction, in order; rolled back if any fails.
-fn together(conn: &Connection, jobs: &mut [Box<dyn Job>]) -> Result<(), StoreError> {
+/// Adds to a batch the writes that have queued since it was taken.
+type Joiners<'a> = dyn FnMut(&mut Vec<Box<dyn Job>>) + 'a;
+
+/// Every job of `jobs` in one transaction, in order, and those `queued` adds while they are
+/// applied (under load a commit is the most expensive part of a write: the writes that
+/// arrive meanwhile share it instead of waiting for the next); rolled back if any fails.
+fn together(
+    conn: &Connection,
+    jobs: &mut Vec<Box<dyn Job>>,
+    queued: &mut Joiners<'_>,
+) -> Result<(), StoreError> {
     conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
-    // A write that panics fails alone (the batch is retried without it) instead of taking
-    // the writer thread, and every later write, down with it.
-    let applied = jobs.iter_mut().try_for_each(|job| {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.apply(conn)))
-            .unwrap_or_else(|_| Err(StoreError("a write failed unexpectedly (panicked)".into())))
-    });
+    let mut applied = Ok(());
+    let mut next = 0;
+    while applied.is_ok() && next < jobs.len() {
+        // A write that panics fails alone (the batch is retried without it) instead of
+        // taking the writer thread, and every later write, down with it.
+        let job = &mut jobs[next];
+        applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.apply(conn)))
+            .unwrap_or_else(|_| Err(StoreError("a write failed unexpectedly (panicked)".into())));
+        next += 1;
+        if next == jobs.len() {
+            queued(jobs);
+        }
+    }
     let done = applied.and_then(|()| conn.execute_batch("COMMIT").map_err(db));
     if done.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
@@ -433,6 +457,51 @@ pub(super) fn resolve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A write that queues while a batch is being applied is committed with it rather than
+    /// after it: seen from outside while it is applied, the batch before it is not committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_queued_while_a_batch_is_applied_shares_its_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("t.db");
+        Connection::open(&file)
+            .and_then(|c| {
+                c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY)")
+            })
+            .expect("schema");
+        let writer = GroupCommit::start(&file).expect("start");
+        let (started, applying) = std::sync::mpsc::channel();
+        let first = tokio::spawn({
+            let w = writer.clone();
+            async move {
+                w.write(move |c| {
+                    let _ = started.send(());
+                    std::thread::sleep(Duration::from_millis(300));
+                    c.execute("INSERT INTO t (n) VALUES (1)", []).map_err(db)
+                })
+                .await
+            }
+        });
+        tokio::task::spawn_blocking(move || applying.recv())
+            .await
+            .expect("task")
+            .expect("the first write is being applied");
+        let outside = file.clone();
+        let seen_outside = writer
+            .write(move |c| {
+                c.execute("INSERT INTO t (n) VALUES (2)", []).map_err(db)?;
+                Connection::open(&outside)
+                    .and_then(|o| o.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0)))
+                    .map_err(db)
+            })
+            .await
+            .expect("second write");
+        first.await.expect("task").expect("first write");
+        assert_eq!(
+            seen_outside, 0,
+            "the first write was committed on its own before the second was applied"
+        );
+    }
 
     /// The WAL is rewound even when a background checkpoint never sees it whole: after such
     /// a checkpoint (some frames copied, more appended since), the writer asked to catch up

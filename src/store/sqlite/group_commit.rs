@@ -458,6 +458,17 @@ pub(super) fn resolve(
 mod tests {
     use super::*;
 
+    /// How many rows table `t` holds, asked through the writer.
+    async fn rows_in_t(writer: &GroupCommit) -> i64 {
+        writer
+            .write(|c| {
+                c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))
+                    .map_err(db)
+            })
+            .await
+            .expect("the writer answers")
+    }
+
     /// A write that queues while a batch is being applied is committed with it rather than
     /// after it: seen from outside while it is applied, the batch before it is not committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -559,14 +570,7 @@ mod tests {
             now < 2 * first,
             "the WAL went on growing ({now} frames, {first} after the first 50 rows): not rewound"
         );
-        let count = writer
-            .write(|c| {
-                c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))
-                    .map_err(db)
-            })
-            .await
-            .expect("count");
-        assert_eq!(count, 150);
+        assert_eq!(rows_in_t(&writer).await, 150);
     }
 
     /// A batch with a failing write and a panicking one: those two get their errors, every
@@ -606,13 +610,6 @@ mod tests {
             }
         }
         assert_eq!(failed, [20, 30]);
-        let count = writer
-            .write(|c| {
-                c.query_row("SELECT COUNT(*) FROM t", [], |r| r.get::<_, i64>(0))
-                    .map_err(db)
-            })
-            .await
-            .expect("the writer still answers");
-        assert_eq!(count, 48);
+        assert_eq!(rows_in_t(&writer).await, 48, "the writer still answers");
     }
 }

@@ -764,23 +764,13 @@ impl ToolApprovalForwarder {
         Ok(self.inner.store.list(query).await?)
     }
 
+    /// The request `id` names (its own id, an id folded into it, or its task's id).
     async fn load(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
-        if let Some(rec) = self.inner.store.get(id).await? {
-            return Ok(rec);
-        }
-        // Not a request's own id: an id folded into another request, or a task id.
-        let store = &self.inner.store;
-        let target = match store.alias_target(id).await? {
-            Some(t) => Some(t),
-            None => store.task_by_id(id).await?.map(|t| t.approval_id),
-        };
-        match target {
-            Some(t) if t != id => store
-                .get(&t)
-                .await?
-                .ok_or_else(|| ApprovalError::UnknownId(id.to_string())),
-            _ => Err(ApprovalError::UnknownId(id.to_string())),
-        }
+        self.inner
+            .store
+            .get_by_any_id(id)
+            .await?
+            .ok_or_else(|| ApprovalError::UnknownId(id.to_string()))
     }
 
     /// [`Self::load`], except that a request that is not stored yet is waited for: while it

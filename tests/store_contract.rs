@@ -894,8 +894,20 @@ async fn fold_race(db: &Db) {
             Some(winner.clone())
         );
         assert_eq!(handles[0].get(id).await.unwrap(), None);
+        // A folded caller's id names the request it was folded into.
+        let named = handles[0].get_by_any_id(id).await.unwrap().expect("named");
+        assert_eq!(named.request.id, winner);
     }
     assert_eq!(handles[0].alias_target(&winner).await.unwrap(), None);
+    let own = handles[0].get_by_any_id(&winner).await.unwrap();
+    assert_eq!(own.map(|r| r.request.id), Some(winner.clone()));
+    assert!(
+        handles[0]
+            .get_by_any_id("fold-none")
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(
         handles[0].count_by_status().await.unwrap(),
         vec![(Status::Pending, 1)]
@@ -1156,6 +1168,15 @@ async fn task_cas(db: &Db) {
         Some(t.clone())
     );
     assert_eq!(store.task_by_id("t-2").await.unwrap(), None);
+    // A task's id names its request; a request's own id wins over a task id spelled the same.
+    let named = store.get_by_any_id("t-1").await.unwrap().expect("named");
+    assert_eq!(named.request.id, "task-a");
+    insert(&**store, &request("t-9")).await;
+    insert(&**store, &request("task-b")).await;
+    assert!(store.task_insert(&task("t-9", "task-b")).await.unwrap());
+    let own = store.get_by_any_id("t-9").await.unwrap().expect("own");
+    assert_eq!(own.request.id, "t-9");
+    assert!(store.get_by_any_id("t-none").await.unwrap().is_none());
 
     let results = join_all(handles.iter().enumerate().map(|(i, h)| {
         let h = h.clone();

@@ -137,6 +137,22 @@ pub trait Store: Send + Sync + 'static {
         fanout: bool,
     ) -> Result<InsertOutcome, StoreError>;
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError>;
+    /// The request `id` names: its own id, else an id folded into it (an alias), else its
+    /// task's id. A store may do it in one statement (one round trip for an id it does not
+    /// know, as a decision that overtakes its request looks up first).
+    async fn get_by_any_id(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        if let Some(rec) = self.get(id).await? {
+            return Ok(Some(rec));
+        }
+        let target = match self.alias_target(id).await? {
+            Some(t) => Some(t),
+            None => self.task_by_id(id).await?.map(|t| t.approval_id),
+        };
+        match target {
+            Some(t) if t != id => self.get(&t).await,
+            _ => Ok(None),
+        }
+    }
     /// The requests of these ids that exist, in one read (an expiry storm), in no given order.
     async fn get_many(&self, ids: &[String]) -> Result<Vec<ApprovalRecord>, StoreError>;
     /// Just the status: a cheap check where the whole record is not needed.

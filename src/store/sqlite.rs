@@ -293,6 +293,25 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn get_by_any_id(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
+        // Every index lookup in one statement; the request's own id wins, then an alias.
+        let row = sqlx::query(concat!(
+            record_columns!(),
+            " FROM approvals a WHERE a.id IN (?1, \
+             (SELECT approval_id FROM approval_aliases WHERE alias = ?1), \
+             (SELECT approval_id FROM tasks WHERE task_id = ?1)) \
+             ORDER BY a.id = ?1 DESC, \
+             a.id = (SELECT approval_id FROM approval_aliases WHERE alias = ?1) DESC LIMIT 1"
+        ))
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        match row {
+            Some(row) => Ok(Some(record_from(&row)?)),
+            None => Ok(None),
+        }
+    }
+
     async fn get_many(&self, ids: &[String]) -> Result<Vec<ApprovalRecord>, StoreError> {
         // The ids as one JSON array: one statement text whatever their number.
         let rows = sqlx::query(concat!(

@@ -1172,8 +1172,9 @@ async fn task_cas(db: &Db) {
     let named = store.get_by_any_id("t-1").await.unwrap().expect("named");
     assert_eq!(named.request.id, "task-a");
     insert(&**store, &request("t-9")).await;
-    insert(&**store, &request("task-b")).await;
-    assert!(store.task_insert(&task("t-9", "task-b")).await.unwrap());
+    // (sorted before "t-9", so an index scan alone would come to it first)
+    insert(&**store, &request("a-task-b")).await;
+    assert!(store.task_insert(&task("t-9", "a-task-b")).await.unwrap());
     let own = store.get_by_any_id("t-9").await.unwrap().expect("own");
     assert_eq!(own.request.id, "t-9");
     assert!(store.get_by_any_id("t-none").await.unwrap().is_none());

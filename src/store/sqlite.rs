@@ -171,6 +171,19 @@ impl SqliteStore {
             .await
     }
 
+    /// The one record `sql` (a `record_columns!` query, `?1` = `id`) finds, if any.
+    async fn record_named(
+        &self,
+        sql: &'static str,
+        id: &str,
+    ) -> Result<Option<ApprovalRecord>, StoreError> {
+        let row = sqlx::query(sql)
+            .bind(id)
+            .fetch_optional(&self.reader)
+            .await?;
+        row.as_ref().map(record_from).transpose()
+    }
+
     /// The JSON documents in the first column of `sql` (one `?1` = `id`), decoded.
     async fn json_rows<T: serde::de::DeserializeOwned>(
         &self,
@@ -280,36 +293,27 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        let row = sqlx::query(concat!(
-            record_columns!(),
-            " FROM approvals a WHERE id = ?1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(record_from(&row)?)),
-            None => Ok(None),
-        }
+        self.record_named(
+            concat!(record_columns!(), " FROM approvals a WHERE id = ?1"),
+            id,
+        )
+        .await
     }
 
     async fn get_by_any_id(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
         // Every index lookup in one statement; the request's own id wins, then an alias.
-        let row = sqlx::query(concat!(
-            record_columns!(),
-            " FROM approvals a WHERE a.id IN (?1, \
+        self.record_named(
+            concat!(
+                record_columns!(),
+                " FROM approvals a WHERE a.id IN (?1, \
              (SELECT approval_id FROM approval_aliases WHERE alias = ?1), \
              (SELECT approval_id FROM tasks WHERE task_id = ?1)) \
              ORDER BY a.id = ?1 DESC, \
              a.id = (SELECT approval_id FROM approval_aliases WHERE alias = ?1) DESC LIMIT 1"
-        ))
-        .bind(id)
-        .fetch_optional(&self.reader)
-        .await?;
-        match row {
-            Some(row) => Ok(Some(record_from(&row)?)),
-            None => Ok(None),
-        }
+            ),
+            id,
+        )
+        .await
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<ApprovalRecord>, StoreError> {

@@ -458,6 +458,22 @@ pub(super) fn resolve(
 mod tests {
     use super::*;
 
+    /// A writer on a new file whose table `t` has `columns`; the file's directory goes with
+    /// the first part.
+    fn writer_on(columns: &str) -> (tempfile::TempDir, std::path::PathBuf, GroupCommit) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("t.db");
+        Connection::open(&file)
+            .and_then(|c| {
+                c.execute_batch(&format!(
+                    "PRAGMA journal_mode = WAL; CREATE TABLE t ({columns})"
+                ))
+            })
+            .expect("schema");
+        let writer = GroupCommit::start(&file).expect("start");
+        (dir, file, writer)
+    }
+
     /// How many rows table `t` holds, asked through the writer.
     async fn rows_in_t(writer: &GroupCommit) -> i64 {
         writer
@@ -473,14 +489,7 @@ mod tests {
     /// after it: seen from outside while it is applied, the batch before it is not committed.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_queued_while_a_batch_is_applied_shares_its_commit() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("t.db");
-        Connection::open(&file)
-            .and_then(|c| {
-                c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY)")
-            })
-            .expect("schema");
-        let writer = GroupCommit::start(&file).expect("start");
+        let (_dir, file, writer) = writer_on("n INTEGER PRIMARY KEY");
         let (started, applying) = std::sync::mpsc::channel();
         let first = tokio::spawn({
             let w = writer.clone();
@@ -519,16 +528,7 @@ mod tests {
     /// copies the rest, and the next commit starts the WAL over instead of growing it.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_wal_the_background_cannot_finish_is_rewound_by_the_writer() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("t.db");
-        Connection::open(&file)
-            .and_then(|c| {
-                c.execute_batch(
-                    "PRAGMA journal_mode = WAL; CREATE TABLE t (n INTEGER PRIMARY KEY, b BLOB)",
-                )
-            })
-            .expect("schema");
-        let writer = GroupCommit::start(&file).expect("start");
+        let (_dir, file, writer) = writer_on("n INTEGER PRIMARY KEY, b BLOB");
         let rows = |from: i64| {
             let w = writer.clone();
             async move {
@@ -577,12 +577,7 @@ mod tests {
     /// other write in the batch is committed, and the writer keeps working.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn one_bad_write_fails_alone_and_the_writer_lives_on() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let file = dir.path().join("t.db");
-        Connection::open(&file)
-            .and_then(|c| c.execute_batch("CREATE TABLE t (n INTEGER PRIMARY KEY)"))
-            .expect("schema");
-        let writer = GroupCommit::start(&file).expect("start");
+        let (_dir, _file, writer) = writer_on("n INTEGER PRIMARY KEY");
         let mut calls = Vec::new();
         for n in 0..50_i64 {
             let w = writer.clone();

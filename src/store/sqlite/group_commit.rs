@@ -1,9 +1,12 @@
 //! Group commit on a writer thread: every write to the SQLite file goes through one thread
 //! that owns the one writing connection. Writes queue for it, and whatever has queued while
-//! the previous batch committed is written in one transaction, each write in turn, then
-//! committed once. Under load a commit (and its WAL append) is shared by many writes instead
-//! of paid by each; alone, a write waits for nobody. Every caller is answered only after the
-//! commit that holds its write, so "acknowledged" still means "durable".
+//! the previous batch committed is written in one transaction, each write in turn (writes
+//! that queue while it is applied join it), then committed once. Under load a commit (and its
+//! WAL append) is shared by many writes instead of paid by each; alone, a write waits for
+//! nobody. Every caller is answered only after the commit that holds its write, so
+//! "acknowledged" still means "durable". Between batches the writer also finishes what the
+//! background checkpoint could not, so that the WAL is rewound under steady load
+//! (`catch_up`).
 //!
 //! Why a thread of its own with rusqlite rather than sqlx's pool: sqlx runs each statement on
 //! the connection's own thread and hands every result back, two thread hand-offs per

@@ -458,12 +458,14 @@ pub(super) fn resolve(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     /// A writer on a new file whose table `t` has `columns`; the file's directory goes with
     /// the first part.
-    fn writer_on(columns: &str) -> (tempfile::TempDir, std::path::PathBuf, GroupCommit) {
+    pub(in crate::store::sqlite) fn writer_on(
+        columns: &str,
+    ) -> (tempfile::TempDir, std::path::PathBuf, GroupCommit) {
         let dir = tempfile::tempdir().expect("tempdir");
         let file = dir.path().join("t.db");
         Connection::open(&file)

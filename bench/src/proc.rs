@@ -337,9 +337,10 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// CPU per thread name; threads of one name (the tokio workers) are added up. The store's
-/// writer is its own thread ("sqlite writer"); sqlx runs each read (and the background WAL
-/// checkpoint) connection on a thread named "sqlx-sqlite-worker-N", which the kernel cuts to
-/// "sqlx-sqlite-wor": those are added up as one.
+/// writer and its background checkpointer are threads of their own ("sqlite writer",
+/// "sqlite checkpoint", which the kernel cuts to "sqlite checkpoi"); sqlx runs each read
+/// connection on a thread named "sqlx-sqlite-worker-N", cut to "sqlx-sqlite-wor": those are
+/// added up as one.
 pub fn thread_cpu(pid: u32) -> BTreeMap<String, Duration> {
     let mut out = BTreeMap::new();
     let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
@@ -355,7 +356,9 @@ pub fn thread_cpu(pid: u32) -> BTreeMap<String, Duration> {
         };
         let cpu = Duration::from_micros((u + s) * 1_000_000 / tps);
         let name = if comm.starts_with("sqlx-sqlite") {
-            "sqlite reader and checkpoint threads".to_string()
+            "sqlite reader threads".to_string()
+        } else if comm.starts_with("sqlite checkpoi") {
+            "sqlite checkpoint".to_string()
         } else {
             comm.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-')
                 .to_string()

@@ -38,6 +38,7 @@ macro_rules! record_columns {
     };
 }
 
+mod checkpoint;
 mod group_commit;
 
 use group_commit::{GroupCommit, NewRow, db, optional};
@@ -54,57 +55,6 @@ pub struct SqliteStore {
     writes: GroupCommit,
     /// Dropped with the last clone of the store: stops the background checkpoints.
     _open: std::sync::Arc<()>,
-}
-
-/// Copy the WAL into the database file every second (PASSIVE: never waits for, nor blocks,
-/// the writer or readers), for as long as the store is open. Once the WAL has grown past
-/// `CATCH_UP_FRAMES`, the writer is asked to finish the job (see `group_commit::catch_up`).
-async fn checkpoint_in_background(
-    checkpointer: SqlitePool,
-    catch_up: std::sync::Arc<std::sync::atomic::AtomicU64>,
-    open: std::sync::Weak<()>,
-) {
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tick.tick().await;
-        if open.strong_count() == 0 {
-            checkpointer.close().await;
-            return;
-        }
-        if let Err(e) =
-            checkpoint_once(&checkpointer, &catch_up, group_commit::CATCH_UP_FRAMES).await
-        {
-            tracing::warn!(error = %e, "WAL checkpoint failed (retried in a second)");
-        }
-    }
-}
-
-/// One background checkpoint. A WAL of `long` frames or more gets more passes, each copying
-/// what was appended during the one before (less each time), so that what is left for the
-/// writer's `catch_up`, which holds every write back while it runs, is little; then the
-/// writer is asked for it.
-async fn checkpoint_once(
-    checkpointer: &SqlitePool,
-    catch_up: &std::sync::atomic::AtomicU64,
-    long: i64,
-) -> Result<(), sqlx::Error> {
-    let mut copied_before = 0;
-    for pass in 0..4 {
-        // (busy, frames in the WAL, frames copied into the file)
-        let (_, frames, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
-            .fetch_one(checkpointer)
-            .await?;
-        if pass == 0 && frames < long {
-            return Ok(());
-        }
-        if frames - copied_before < 2_048 {
-            break;
-        }
-        copied_before = copied;
-    }
-    catch_up.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    Ok(())
 }
 
 impl SqliteStore {
@@ -133,15 +83,11 @@ impl SqliteStore {
         migrator.close().await;
         let writes = GroupCommit::start(&data_dir.join("approvald.db"))?;
         let open = std::sync::Arc::new(());
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(options.clone())
-            .await?;
-        tokio::spawn(checkpoint_in_background(
-            checkpointer,
-            writes.catch_up_signal(),
+        checkpoint::start(
+            &data_dir.join("approvald.db"),
+            &writes,
             std::sync::Arc::downgrade(&open),
-        ));
+        )?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file: a ping before each use would be one more thread hand-off.
@@ -810,53 +756,5 @@ impl Store for SqliteStore {
             })
             .await?;
         Ok(ids)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::Ordering;
-
-    /// The background checkpoint copies a short WAL and leaves the writer alone; a long one
-    /// it copies too and then asks the writer to finish the job (whose rewinding
-    /// `group_commit`'s tests check).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn only_a_long_wal_asks_the_writer_to_catch_up() {
-        let (_dir, file, writer) = group_commit::tests::writer_on("n INTEGER PRIMARY KEY");
-        let checkpointer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(SqliteConnectOptions::new().filename(&file))
-            .await
-            .expect("checkpointer");
-        let asked = writer.catch_up_signal();
-        let write_rows = |from: i64| {
-            let w = writer.clone();
-            async move {
-                for n in from..from + 20 {
-                    w.write(move |c| c.execute("INSERT INTO t (n) VALUES (?1)", [n]).map_err(db))
-                        .await
-                        .expect("write");
-                }
-            }
-        };
-        write_rows(0).await;
-        checkpoint_once(&checkpointer, &asked, 1_000_000)
-            .await
-            .expect("checkpoint");
-        assert_eq!(
-            asked.load(Ordering::Relaxed),
-            0,
-            "a short WAL needs no catch-up"
-        );
-        write_rows(100).await;
-        checkpoint_once(&checkpointer, &asked, 10)
-            .await
-            .expect("checkpoint");
-        assert_eq!(
-            asked.load(Ordering::Relaxed),
-            1,
-            "a long WAL asks the writer once"
-        );
     }
 }

@@ -52,7 +52,8 @@ fn start_with(
     let conn = Connection::open(file).map_err(db)?;
     conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
     // As the writer's: a checkpoint syncs the WAL before it copies and the file once done.
-    conn.execute_batch("PRAGMA synchronous = NORMAL").map_err(db)?;
+    conn.execute_batch("PRAGMA synchronous = NORMAL")
+        .map_err(db)?;
     let wal = wal_of(file);
     let catch_up = writes.catch_up_signal();
     let written = writes.written();

@@ -463,6 +463,7 @@ async fn slot(
     expect_approved: bool,
 ) -> SlotResult {
     let mut out = SlotResult::default();
+    let slow = slow_cycle_threshold().filter(|_| expect_approved);
     loop {
         let t0 = Instant::now();
         if t0 >= window.end {
@@ -503,6 +504,11 @@ async fn slot(
             out.cycles += 1;
             out.answer.record(t_answer - t0);
             out.full.record(t_done - t0);
+            if let Some(limit) = slow
+                && t_answer - t0 > limit
+            {
+                report_slow_cycle(t0, t_answer - t0);
+            }
         }
         if answer.is_err() {
             // The connection is gone; do not spin.
@@ -510,6 +516,28 @@ async fn slot(
         }
     }
     out
+}
+
+/// `APPROVALD_BENCH_SLOW_MS=N`: cycles of approvald slower than N ms are printed (see
+/// `report_slow_cycle`), to line them up with the server's log.
+fn slow_cycle_threshold() -> Option<Duration> {
+    let ms: f64 = std::env::var("APPROVALD_BENCH_SLOW_MS")
+        .ok()?
+        .parse()
+        .ok()?;
+    (ms > 0.0).then(|| Duration::from_secs_f64(ms / 1000.0))
+}
+
+/// One line on stderr: `slow cycle <unix time it started, s> <request->answer, ms>`.
+fn report_slow_cycle(started: Instant, took: Duration) {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    let started_unix = now.as_secs_f64() - started.elapsed().as_secs_f64();
+    eprintln!(
+        "slow cycle {started_unix:.4} {:.2}",
+        took.as_secs_f64() * 1000.0
+    );
 }
 
 /// The resolver: approve each handed id, retrying while the request is not stored yet. With

@@ -758,3 +758,59 @@ impl Store for SqliteStore {
         Ok(ids)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Decision, RiskClass};
+
+    /// New requests fill the creation-time index's pages instead of leaving them half empty
+    /// (more pages, each rewritten at every commit). Fails with the index kept descending
+    /// (about half of each leaf unused).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_requests_fill_the_creation_time_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let start = Utc::now();
+        for n in 0..2_000 {
+            let created_at = start + chrono::Duration::milliseconds(n);
+            let req = ApprovalRequest {
+                id: uuid::Uuid::new_v4().to_string(),
+                tool: "shell".into(),
+                summary: None,
+                command: Some(format!("echo {n}")),
+                args: None,
+                risk_class: RiskClass::Medium,
+                agent_id: None,
+                session_key: None,
+                requester: None,
+                origin: None,
+                estimated_cost: None,
+                created_at,
+                expires_at: created_at + chrono::Duration::hours(1),
+                allowed_decisions: vec![Decision::ApproveOnce, Decision::Deny],
+                requested_via_token: None,
+            };
+            store
+                .insert_request(&req, None, &[], false)
+                .await
+                .expect("insert");
+        }
+        let file = dir.path().join("approvald.db");
+        let conn = rusqlite::Connection::open(file).expect("open the file");
+        let (unused, size): (i64, i64) = conn
+            .query_row(
+                "SELECT SUM(unused), SUM(pgsize) FROM dbstat
+                 WHERE name = 'approvals_created' AND pagetype = 'leaf'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("dbstat");
+        let share = unused as f64 / size as f64;
+        assert!(
+            share < 0.25,
+            "the creation-time index's leaves are {:.0} % empty",
+            share * 100.0
+        );
+    }
+}

@@ -53,8 +53,6 @@ pub struct SqliteStore {
     instance: String,
     /// Every write, committed in groups on the writer thread (see `group_commit`).
     writes: GroupCommit,
-    /// Dropped with the last clone of the store: stops the background checkpoints.
-    _open: std::sync::Arc<()>,
 }
 
 impl SqliteStore {
@@ -82,12 +80,7 @@ impl SqliteStore {
         MIGRATOR.run(&migrator).await?;
         migrator.close().await;
         let writes = GroupCommit::start(&data_dir.join("approvald.db"))?;
-        let open = std::sync::Arc::new(());
-        checkpoint::start(
-            &data_dir.join("approvald.db"),
-            &writes,
-            std::sync::Arc::downgrade(&open),
-        )?;
+        checkpoint::start(&data_dir.join("approvald.db"), &writes)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file: a ping before each use would be one more thread hand-off.
@@ -99,7 +92,6 @@ impl SqliteStore {
             writes,
             reader,
             instance: uuid::Uuid::new_v4().to_string(),
-            _open: open,
         };
         store.heartbeat().await?;
         Ok(store)

@@ -110,7 +110,7 @@ pub(super) struct GroupCommit {
     /// the writer then copies what was appended meanwhile (see `catch_up`).
     catch_up: Arc<AtomicU64>,
     /// How many writes the writer has committed (or failed): the checkpointer syncs the WAL
-    /// early once enough were written.
+    /// early once enough were written, and ends once the writer and this are gone.
     written: Arc<AtomicU64>,
 }
 

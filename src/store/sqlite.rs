@@ -756,6 +756,27 @@ mod tests {
     use super::*;
     use crate::domain::{Decision, RiskClass};
 
+    /// A request to store, made at `created_at`, expiring an hour later.
+    fn request(id: &str, created_at: DateTime<Utc>) -> ApprovalRequest {
+        ApprovalRequest {
+            id: id.into(),
+            tool: "shell".into(),
+            summary: None,
+            command: Some(format!("echo {id}")),
+            args: None,
+            risk_class: RiskClass::Medium,
+            agent_id: None,
+            session_key: None,
+            requester: None,
+            origin: None,
+            estimated_cost: None,
+            created_at,
+            expires_at: created_at + chrono::Duration::hours(1),
+            allowed_decisions: vec![Decision::ApproveOnce, Decision::Deny],
+            requested_via_token: None,
+        }
+    }
+
     /// New requests fill the creation-time index's pages instead of leaving them half empty
     /// (more pages, each rewritten at every commit). Fails with the index kept descending
     /// (about half of each leaf unused).
@@ -766,23 +787,7 @@ mod tests {
         let start = Utc::now();
         for n in 0..2_000 {
             let created_at = start + chrono::Duration::milliseconds(n);
-            let req = ApprovalRequest {
-                id: uuid::Uuid::new_v4().to_string(),
-                tool: "shell".into(),
-                summary: None,
-                command: Some(format!("echo {n}")),
-                args: None,
-                risk_class: RiskClass::Medium,
-                agent_id: None,
-                session_key: None,
-                requester: None,
-                origin: None,
-                estimated_cost: None,
-                created_at,
-                expires_at: created_at + chrono::Duration::hours(1),
-                allowed_decisions: vec![Decision::ApproveOnce, Decision::Deny],
-                requested_via_token: None,
-            };
+            let req = request(&uuid::Uuid::new_v4().to_string(), created_at);
             store
                 .insert_request(&req, None, &[], false)
                 .await
@@ -804,5 +809,131 @@ mod tests {
             "the creation-time index's leaves are {:.0} % empty",
             share * 100.0
         );
+    }
+
+    /// Migration 0008 rebuilds `approvals` with its status check written without an IN list.
+    /// A database from before it keeps every request as it was, decisions still have to name
+    /// a request, an unknown status is still refused, and neither storing nor settling a
+    /// request builds a temporary index any more (what the migration is for: fails before it).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_rebuilt_requests_table_keeps_its_rows_and_its_checks() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let file = dir.path().join("approvald.db");
+        {
+            let old = SqlitePoolOptions::new()
+                .max_connections(1)
+                .connect_with(
+                    SqliteConnectOptions::new()
+                        .filename(&file)
+                        .create_if_missing(true)
+                        .journal_mode(SqliteJournalMode::Wal)
+                        .foreign_keys(true),
+                )
+                .await
+                .expect("open");
+            MIGRATOR
+                .run_to(7, &old)
+                .await
+                .expect("the schema before 0008");
+            let json =
+                |id: &str| serde_json::to_string(&request(id, Utc::now())).expect("request json");
+            sqlx::query(
+                "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json,
+                     created_at, expires_at, resolution_json, resolved_at, fold_key,
+                     delivery_owner, deliveries_done)
+                 VALUES ('settled', 'denied', 'shell', 'agent-1', 'sess', ?1, 10, 20,
+                     '{\"r\":1}', 15, NULL, NULL, 1),
+                        ('open', 'pending', 'shell', NULL, NULL, ?2, 11, 21, NULL, NULL,
+                     'fold-1', 'instance-1', 0)",
+            )
+            .bind(json("settled"))
+            .bind(json("open"))
+            .execute(&old)
+            .await
+            .expect("old requests");
+            sqlx::query(
+                "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq,
+                     approval_json) VALUES (10, 'settled', 'alice', 0, '{}')",
+            )
+            .execute(&old)
+            .await
+            .expect("old decision");
+            old.close().await;
+        }
+        let store = SqliteStore::open(dir.path()).await.expect("open runs 0008");
+        let open = store.get("open").await.expect("get").expect("kept");
+        assert_eq!(
+            (open.request.id.as_str(), open.status),
+            ("open", Status::Pending)
+        );
+        assert_eq!(
+            store.status("settled").await.expect("status"),
+            Some(Status::Denied)
+        );
+        drop(store);
+
+        let conn = rusqlite::Connection::open(&file).expect("open the file");
+        conn.execute_batch("PRAGMA foreign_keys = ON")
+            .expect("pragma");
+        let columns: (String, Option<String>, i64, Option<String>, Option<i64>) = conn
+            .query_row(
+                "SELECT session_key, fold_key, deliveries_done, resolution_json, resolved_at
+                 FROM approvals WHERE id = 'settled'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .expect("row");
+        assert_eq!(
+            columns,
+            ("sess".into(), None, 1, Some("{\"r\":1}".into()), Some(15))
+        );
+        let (fold, owner, done): (String, String, i64) = conn
+            .query_row(
+                "SELECT fold_key, delivery_owner, deliveries_done FROM approvals
+                 INDEXED BY approvals_fold WHERE fold_key = 'fold-1' AND status = 'pending'",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("found through the fold index");
+        assert_eq!(
+            (fold.as_str(), owner.as_str(), done),
+            ("fold-1", "instance-1", 0)
+        );
+        let decisions: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM decisions d JOIN approvals a ON a.id = d.approval_id",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(decisions, 1, "the decision still joins its request");
+        let dangling = conn.execute(
+            "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq,
+                 approval_json) VALUES (1, 'nobody', 'bob', 0, '{}')",
+            [],
+        );
+        assert!(dangling.is_err(), "a decision on no request was stored");
+        let bogus = conn.execute(
+            "UPDATE approvals SET status = 'bogus' WHERE id = 'open'",
+            [],
+        );
+        assert!(bogus.is_err(), "an unknown status was stored");
+        for sql in [
+            "INSERT INTO approvals (id, status, tool, request_json, created_at, expires_at)
+             VALUES (?1, 'pending', 'shell', '{}', 1, 2) ON CONFLICT (id) DO NOTHING",
+            "UPDATE approvals SET status = ?1, resolution_json = '{}', resolved_at = 1
+             WHERE id = 'open' AND status = 'pending'",
+        ] {
+            let mut plan = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
+            let ops: Vec<String> = plan
+                .query_map(["x"], |r| r.get(1))
+                .expect("plan")
+                .collect::<Result<_, _>>()
+                .expect("ops");
+            assert!(
+                !ops.iter().any(|op| op == "OpenEphemeral"),
+                "{sql} builds a temporary index"
+            );
+        }
     }
 }

@@ -45,6 +45,20 @@ const MAX_BATCH: usize = 256;
 /// load.
 pub(super) const CATCH_UP_FRAMES: i64 = 16_384;
 
+/// The writes every request and decision makes, named so that a test can check what SQLite
+/// makes of them (no temporary table or index, see `insert`): a new request, a settle, a
+/// decision.
+pub(super) const INSERT_REQUEST: &str = "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
+     VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
+     ON CONFLICT (id) DO NOTHING";
+pub(super) const SETTLE: &str =
+    "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
+     WHERE id = ?1 AND status = 'pending'";
+pub(super) const INSERT_DECISION: &str =
+    "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq, approval_json)
+     VALUES (?1, ?2, ?3, ?4, ?5)
+     ON CONFLICT DO NOTHING";
+
 /// A new pending request (the row is already rendered to its columns).
 pub(super) struct NewRow {
     pub id: String,
@@ -375,10 +389,7 @@ pub(super) fn settle(
     resolution: &Resolution,
 ) -> Result<bool, StoreError> {
     let changed = conn
-        .prepare_cached(
-            "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
-             WHERE id = ?1 AND status = 'pending'",
-        )
+        .prepare_cached(SETTLE)
         .map_err(db)?
         .execute(params![
             id,
@@ -417,11 +428,7 @@ pub(super) fn insert(
         }
     }
     let changed = conn
-        .prepare_cached(
-            "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
-             VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-             ON CONFLICT (id) DO NOTHING",
-        )
+        .prepare_cached(INSERT_REQUEST)
         .map_err(db)?
         .execute(params![
             row.id,
@@ -472,13 +479,15 @@ pub(super) fn decide(
         return Ok(DecisionWrite::NotPending);
     };
     let changed = conn
-        .prepare_cached(
-            "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq, approval_json)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT DO NOTHING",
-        )
+        .prepare_cached(INSERT_DECISION)
         .map_err(db)?
-        .execute(params![created_at, id, approver_key, decided_before, approval_json])
+        .execute(params![
+            created_at,
+            id,
+            approver_key,
+            decided_before,
+            approval_json
+        ])
         .map_err(db)?;
     if changed == 0 {
         return Ok(DecisionWrite::ApproverAlreadyDecided);

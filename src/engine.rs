@@ -802,7 +802,9 @@ impl ToolApprovalForwarder {
     /// is being written here (its expiry timer is armed first) until it is, and an id not
     /// seen at all for a moment ([`UNSEEN_ID_GRACE`]), since a gateway that picks its ids may
     /// hand one to a resolver before its own request has arrived. Either way the resolver
-    /// finds the request instead of being told the id is unknown.
+    /// finds the request instead of being told the id is unknown. An id never seen here is
+    /// looked up in the store only after a short wait for it ([`ON_ITS_WAY`]): usually it
+    /// arrives, and is handed over, within that.
     async fn load_stored(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
         // Ask to be handed the request before looking, so its write cannot slip between.
         let (mut written, being_written) = {
@@ -820,6 +822,16 @@ impl ToolApprovalForwarder {
                 Ok(None) => Err(ApprovalError::UnknownId(id.to_string())),
                 Err(e) => Err(e.into()),
             }
+        } else if !self.inner.config.storage.is_postgres()
+            && let Ok(Some(rec)) = handed_within(&mut written, ON_ITS_WAY).await
+        {
+            // Never seen here: most often a request on its way (its gateway handed the id to
+            // a resolver as it sent it, and the resolver was faster), not in the store yet.
+            // Waited for a moment before looking there.
+            Ok(rec)
+        } else if self.inner.timers.contains_key(id) {
+            // It arrived meanwhile and is being written: handed over below, nothing to read.
+            Err(ApprovalError::UnknownId(id.to_string()))
         } else {
             self.load(id).await
         };
@@ -1978,6 +1990,12 @@ type SettledRx = watch::Receiver<Option<Arc<ApprovalRecord>>>;
 /// How long a decision on an id never seen waits for its request to arrive before it is
 /// answered `unknown_id` (see `load_stored`).
 const UNSEEN_ID_GRACE: Duration = Duration::from_millis(250);
+
+/// How long a decision on an id never seen here waits for its request to arrive and be handed
+/// over before it looks in the store (see `load_stored`): a click on a settled request's stale
+/// button is answered that much later, a resolver that overtook its request skips a read.
+/// Not where other instances share the store: decisions on their requests are the rule there.
+const ON_ITS_WAY: Duration = Duration::from_millis(5);
 
 /// The API shape of a record (the `tool.approval.request` answer).
 pub fn result_json(rec: &ApprovalRecord) -> serde_json::Value {

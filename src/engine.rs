@@ -403,19 +403,12 @@ impl ToolApprovalForwarder {
                 fanout,
             )
             .await;
-        if matches!(stored, Ok(InsertOutcome::Inserted)) {
-            let rec = Arc::new(ApprovalRecord::pending(req.clone()));
-            // A caller that waits keeps its request in memory from now on (see `wait_told`),
-            // before a decision can stop waiting for the handover: a resolver handed the id
-            // at once then finds it there instead of reading it back.
-            if told.is_some() {
-                self.keep_hot(rec.clone(), false);
-            }
-            if let Some((_, written)) = self.inner.storing.remove(&req.id) {
-                let _ = written.tx.send(Some(rec));
-            }
-        } else {
-            self.inner.storing.remove(&req.id);
+        if let Some((_, written)) = self.inner.storing.remove(&req.id)
+            && matches!(stored, Ok(InsertOutcome::Inserted))
+        {
+            let _ = written
+                .tx
+                .send(Some(Arc::new(ApprovalRecord::pending(req.clone()))));
         }
         if !matches!(stored, Ok(InsertOutcome::Inserted)) {
             disarm(&req.id);
@@ -705,32 +698,14 @@ impl ToolApprovalForwarder {
     ) -> Result<ApprovalRecord, ApprovalError> {
         let id = rec.request.id.clone();
         let expires_at = rec.request.expires_at;
-        // Kept since it was stored, and in step with decisions since (`create`): not replaced.
-        self.keep_hot(Arc::new(rec), true);
+        if !self.inner.config.storage.is_postgres() {
+            self.inner.hot.insert(id.clone(), Arc::new(rec));
+            // Settled meanwhile: `finish` has emptied `hot` already, and told `rx`.
+            if !self.inner.timers.contains_key(&id) {
+                self.inner.hot.remove(&id);
+            }
+        }
         self.block_until_settled(id, rx, expires_at, timeout).await
-    }
-
-    /// Keep pending `rec` in memory for the decision that usually follows a waiting caller's
-    /// request (`hot`), unless `if_absent` and it is there already. One instance only.
-    fn keep_hot(&self, rec: Arc<ApprovalRecord>, if_absent: bool) {
-        if self.inner.config.storage.is_postgres() {
-            return;
-        }
-        let id = rec.request.id.clone();
-        match self.inner.hot.entry(id.clone()) {
-            dashmap::mapref::entry::Entry::Occupied(_) if if_absent => {}
-            dashmap::mapref::entry::Entry::Occupied(mut kept) => {
-                kept.insert(rec);
-            }
-            dashmap::mapref::entry::Entry::Vacant(slot) => {
-                slot.insert(rec);
-            }
-        }
-        // Settled meanwhile: `finish` stops the timer before it empties `hot` (and tells
-        // waiters), so it may have emptied it before this.
-        if !self.inner.timers.contains_key(&id) {
-            self.inner.hot.remove(&id);
-        }
     }
 
     /// Be told when `id` is settled (`finish` sends the record).

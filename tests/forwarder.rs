@@ -1241,6 +1241,39 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
     assert_eq!(decided.status, approvald::domain::Status::Denied);
     assert_eq!(asked.status, approvald::domain::Status::Denied);
 
+    // One that leaves a moment before its request, as a resolver handed the id as the request
+    // is sent: the request usually arrives, and is handed over, while the decision waits for
+    // it before looking in the store.
+    let quick_id = "7e3f4a5b-6c7d-4e8f-a0b1-c2d3e4f5a6b7";
+    let (decided, asked) = tokio::join!(
+        s.engine
+            .resolve(by_alice(quick_id, approvald_channel::Decision::ApproveOnce)),
+        s.engine
+            .request_and_wait(ask_for(quick_id, "deploy once more"), &gateway),
+    );
+    let decided = decided.expect("the decision found its request");
+    let asked = asked.expect("the caller is answered");
+    assert_eq!(decided.status, approvald::domain::Status::Approved);
+    assert_eq!(
+        asked.approvals, decided.approvals,
+        "the caller sees Alice's decision"
+    );
+
+    // A decision on a request settled before (a stale button) is refused as settled, after
+    // that wait, not as unknown.
+    let again = s
+        .engine
+        .resolve(by_alice(early_id, approvald_channel::Decision::ApproveOnce))
+        .await;
+    assert!(
+        matches!(
+            again,
+            Err(approvald::error::ApprovalError::AlreadyResolved { .. })
+        ),
+        "{again:?}"
+    );
+    assert_eq!(s.get(early_id).await["status"], "denied");
+
     // An id that never comes is still unknown, after that moment.
     let (kind, _) = s
         .error_kind(

@@ -777,9 +777,9 @@ impl ToolApprovalForwarder {
     /// is being written here (its expiry timer is armed first) until it is, and an id not
     /// seen at all for a moment ([`UNSEEN_ID_GRACE`]), since a gateway that picks its ids may
     /// hand one to a resolver before its own request has arrived. Either way the resolver
-    /// finds the request instead of being told the id is unknown. An id never seen here is
-    /// looked up in the store only after a short wait for it ([`ON_ITS_WAY`]): usually it
-    /// arrives, and is handed over, within that.
+    /// finds the request instead of being told the id is unknown. Where no other instance
+    /// shares the store, an id never seen here is looked up in it only after a short wait for
+    /// it ([`ON_ITS_WAY`]): usually it arrives, and is handed over, within that.
     async fn load_stored(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
         // Ask to be handed the request before looking, so its write cannot slip between.
         let (mut written, being_written) = {

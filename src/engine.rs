@@ -379,6 +379,29 @@ impl ToolApprovalForwarder {
         let armed_here = !self.inner.timers.contains_key(&req.id);
         // Subscribed before the timer is armed: whatever settles it is sure to tell us.
         let mut told = (waits && armed_here).then(|| self.subscribe_waiter(&req.id));
+        // The rules are looked at before the insert: a request nothing settles at once can be
+        // offered to decisions while its insert is still queued (see `Handover::Queued`).
+        let verdict = (preset.is_none()
+            && self
+                .inner
+                .config
+                .approvals
+                .factor_enabled(ApproverFactor::RulesBased))
+        .then(|| {
+            let standing = self
+                .inner
+                .standing
+                .read()
+                .map(|s| s.clone())
+                .unwrap_or_default();
+            rules::evaluate(&self.inner.config.rules, &standing, &req)
+        });
+        let settles_at_once =
+            preset.is_some() || verdict.as_ref().is_some_and(|v| v.identity().is_some());
+        let mut storing = StoringGuard {
+            storing: &self.inner.storing,
+            id: Some(req.id.clone()),
+        };
         if armed_here {
             // A decision arriving from now on waits to be handed the record, unread.
             self.inner
@@ -393,24 +416,37 @@ impl ToolApprovalForwarder {
                 timer.abort();
             }
         };
-        let stored = self
-            .inner
-            .store
-            .insert_request(
+        let stored = {
+            let insert = self.inner.store.insert_request(
                 &req,
                 fold_key.as_deref(),
                 std::slice::from_ref(&requested),
                 fanout,
-            )
-            .await;
-        if let Some((_, written)) = self.inner.storing.remove(&req.id)
-            && matches!(stored, Ok(InsertOutcome::Inserted))
-        {
-            let _ = written
-                .tx
-                .send(Some(Arc::new(ApprovalRecord::pending(req.clone()))));
+            );
+            let mut insert = std::pin::pin!(insert);
+            // The SQLite store queues the insert on its writer as it is first polled; a
+            // decision handed the record from then on queues its own write behind it.
+            match futures::poll!(insert.as_mut()) {
+                std::task::Poll::Ready(stored) => stored,
+                std::task::Poll::Pending => {
+                    if armed_here
+                        && !settles_at_once
+                        && !self.inner.config.storage.is_postgres()
+                        && let Some(entry) = self.inner.storing.get(&req.id)
+                    {
+                        entry.tx.send_replace(Some(Handover::Queued(Arc::new(
+                            ApprovalRecord::pending(req.clone()),
+                        ))));
+                    }
+                    insert.await
+                }
+            }
+        };
+        let inserted = matches!(stored, Ok(InsertOutcome::Inserted));
+        if !inserted || settles_at_once {
+            storing.hand_over(inserted.then(|| ApprovalRecord::pending(req.clone())));
         }
-        if !matches!(stored, Ok(InsertOutcome::Inserted)) {
+        if !inserted {
             disarm(&req.id);
             if let Some(rx) = told.take() {
                 self.unsubscribe_waiter(&req.id, rx);
@@ -445,7 +481,6 @@ impl ToolApprovalForwarder {
         }
         let id = req.id.clone();
         let mut rec = ApprovalRecord::pending(req);
-        let req = &rec.request;
         self.inner.metrics.requests.inc();
         self.inner.metrics.pending.inc();
         // Waiters' channels are made when someone waits: most requests never need one.
@@ -458,22 +493,8 @@ impl ToolApprovalForwarder {
                 token_name: None,
             };
             rec = Box::pin(self.apply_decision(rec, actor, preset.decision, preset.reason)).await?;
-        } else if self
-            .inner
-            .config
-            .approvals
-            .factor_enabled(ApproverFactor::RulesBased)
-        {
+        } else if let Some(verdict) = verdict {
             // Rules first: a deny or an allow that meets quorum settles it before anyone is asked.
-            let verdict = {
-                let standing = self
-                    .inner
-                    .standing
-                    .read()
-                    .map(|s| s.clone())
-                    .unwrap_or_default();
-                rules::evaluate(&self.inner.config.rules, &standing, req)
-            };
             if let Some(identity) = verdict.identity() {
                 let decision = match verdict {
                     RuleVerdict::Deny { .. } => Decision::Deny,
@@ -494,6 +515,9 @@ impl ToolApprovalForwarder {
         self.inner
             .events
             .publish(events::REQUESTED, &self.approval_view(&rec));
+        // Only now: a decision that shared the insert's commit announces its outcome once it
+        // is handed this, so that nobody hears of the outcome before the request.
+        storing.hand_over(Some(ApprovalRecord::pending(rec.request.clone())));
         if fanout {
             rec.deliveries = Box::pin(self.deliver_all(&rec)).await;
         }
@@ -780,7 +804,15 @@ impl ToolApprovalForwarder {
     /// finds the request instead of being told the id is unknown. Where no other instance
     /// shares the store, an id never seen here is looked up in it only after a short wait for
     /// it ([`ON_ITS_WAY`]): usually it arrives, and is handed over, within that.
-    async fn load_stored(&self, id: &str) -> Result<ApprovalRecord, ApprovalError> {
+    ///
+    /// With `queued_too`, a request whose insert is only queued is handed over too (see
+    /// [`Handover::Queued`]); then the receiver it came on is returned with it, to wait for
+    /// the request to be stored and announced.
+    async fn load_stored(
+        &self,
+        id: &str,
+        queued_too: bool,
+    ) -> Result<(ApprovalRecord, Option<HandoverRx>), ApprovalError> {
         // Ask to be handed the request before looking, so its write cannot slip between.
         let (mut written, being_written) = {
             let entry = self.inner.storing.entry(id.to_string()).or_default();
@@ -793,22 +825,22 @@ impl ToolApprovalForwarder {
             // A request under this very id was just written here: not an alias nor a task
             // id, so one read is enough.
             match self.inner.store.get(id).await {
-                Ok(Some(rec)) => Ok(rec),
+                Ok(Some(rec)) => Ok((rec, false)),
                 Ok(None) => Err(ApprovalError::UnknownId(id.to_string())),
                 Err(e) => Err(e.into()),
             }
         } else if !self.inner.config.storage.is_postgres()
-            && let Ok(Some(rec)) = handed_within(&mut written, ON_ITS_WAY).await
+            && let Ok(Some(handed)) = handed_within(&mut written, ON_ITS_WAY, queued_too).await
         {
             // Never seen here: most often a request on its way (its gateway handed the id to
             // a resolver as it sent it, and the resolver was faster), not in the store yet.
             // Waited for a moment before looking there.
-            Ok(rec)
+            Ok(handed)
         } else if self.inner.timers.contains_key(id) {
             // It arrived meanwhile and is being written: handed over below, nothing to read.
             Err(ApprovalError::UnknownId(id.to_string()))
         } else {
-            self.load(id).await
+            self.load(id).await.map(|rec| (rec, false))
         };
         let found = match looked {
             Err(ApprovalError::UnknownId(_)) => {
@@ -818,22 +850,23 @@ impl ToolApprovalForwarder {
                     true => writing,
                     false => UNSEEN_ID_GRACE,
                 };
-                let mut handed = handed_within(&mut written, first).await;
+                let mut handed = handed_within(&mut written, first, queued_too).await;
                 if handed.is_err() && self.inner.timers.contains_key(id) {
                     // It arrived during the grace and is being written now.
-                    handed = handed_within(&mut written, writing).await;
+                    handed = handed_within(&mut written, writing, queued_too).await;
                 }
                 match handed.ok().flatten() {
-                    Some(rec) => Ok(rec),
-                    None => self.load(id).await,
+                    Some(handed) => Ok(handed),
+                    None => self.load(id).await.map(|rec| (rec, false)),
                 }
             }
             other => other,
         };
-        self.inner
-            .storing
-            .remove_if(id, |_, w| w.tx.subscribe().same_channel(&written));
-        found
+        // The entry is the request's own while it is being written: it removes it.
+        self.inner.storing.remove_if(id, |_, w| {
+            !w.writing && w.tx.subscribe().same_channel(&written)
+        });
+        found.map(|(rec, queued)| (rec, queued.then_some(written)))
     }
 
     /// A full id, the one id a prefix of at least 6 characters names, or a task's id.
@@ -890,14 +923,29 @@ impl ToolApprovalForwarder {
 
     /// Apply a person's decision. First-wins; refusals change nothing and are audited.
     pub async fn resolve(&self, attempt: DecisionAttempt) -> Result<ApprovalRecord, ApprovalError> {
+        self.resolve_with(attempt, true).await
+    }
+
+    /// [`Self::resolve`]; with `queued_too`, also on a request whose insert is only queued
+    /// (see [`Handover::Queued`]).
+    async fn resolve_with(
+        &self,
+        attempt: DecisionAttempt,
+        queued_too: bool,
+    ) -> Result<ApprovalRecord, ApprovalError> {
         let id = self.resolve_id(&attempt.id).await?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
         let hot = self.inner.hot.get(&id).map(|r| (**r).clone());
-        let rec = match hot {
-            Some(rec) => rec,
-            None => Box::pin(self.load_stored(&id)).await?,
+        let (rec, queued) = match hot {
+            Some(rec) => (rec, None),
+            None => Box::pin(self.load_stored(&id, queued_too)).await?,
         };
+        if queued.is_some() && Utc::now() >= rec.request.expires_at {
+            // Expiring a request means settling it as stored: once it is.
+            drop(_guard);
+            return Box::pin(self.resolve_with(attempt, false)).await;
+        }
         if rec.request.id != id {
             // An alias or a task id: decide on the request it names, under its lock.
             drop(_guard);
@@ -989,8 +1037,28 @@ impl ToolApprovalForwarder {
             // Same person again (another surface, a double click): counts once.
             return Ok(rec);
         }
-        self.apply_decision(rec, actor, attempt.decision, attempt.reason)
-            .await
+        let Some(queued) = queued else {
+            return self
+                .apply_decision(rec, actor, attempt.decision, attempt.reason)
+                .await;
+        };
+        let decided = Box::pin(self.apply_decision_with(
+            rec,
+            actor,
+            attempt.decision,
+            attempt.reason.clone(),
+            Some(queued),
+        ))
+        .await?;
+        match decided {
+            Some(rec) => Ok(rec),
+            None => {
+                // The request checked against was not stored in the end (or not yet when the
+                // decision was applied): decide again on what is stored.
+                drop(_guard);
+                Box::pin(self.resolve_with(attempt, false)).await
+            }
+        }
     }
 
     /// Record one decision and resolve when it settles the request. Caller holds the lock.
@@ -1001,6 +1069,29 @@ impl ToolApprovalForwarder {
         decision: Decision,
         reason: Option<String>,
     ) -> Result<ApprovalRecord, ApprovalError> {
+        match self
+            .apply_decision_with(rec, actor, decision, reason, None)
+            .await?
+        {
+            Some(rec) => Ok(rec),
+            // Only a decision on a queued request can find it not stored.
+            None => Err(ApprovalError::Internal(
+                "a decision found no request to be recorded on".into(),
+            )),
+        }
+    }
+
+    /// [`Self::apply_decision`]; with `queued`, on a request whose insert was only queued
+    /// when it was handed over on `queued`: `None` when that request is not stored by the time
+    /// the decision is applied (nothing changed).
+    async fn apply_decision_with(
+        &self,
+        rec: ApprovalRecord,
+        actor: ResolvedActor,
+        decision: Decision,
+        reason: Option<String>,
+        queued: Option<HandoverRx>,
+    ) -> Result<Option<ApprovalRecord>, ApprovalError> {
         let id = rec.request.id.clone();
         let approval = Approval {
             approver: actor.identity.clone(),
@@ -1049,18 +1140,43 @@ impl ToolApprovalForwarder {
         if let Some(r) = &resolution {
             audits.push(outcome_audit(&id, r));
         }
-        let write = self
-            .inner
-            .store
-            .record_decision(&id, &key, &approval, resolution.as_ref(), &audits)
-            .await?;
+        let store = &self.inner.store;
+        let write = match &queued {
+            None => {
+                store
+                    .record_decision(&id, &key, &approval, resolution.as_ref(), &audits)
+                    .await?
+            }
+            Some(_) => {
+                store
+                    .record_decision_after_insert(
+                        &id,
+                        rec.request.created_at,
+                        &key,
+                        &approval,
+                        resolution.as_ref(),
+                        &audits,
+                    )
+                    .await?
+            }
+        };
         match write {
             DecisionWrite::Recorded => {}
-            DecisionWrite::ApproverAlreadyDecided => return Box::pin(self.load(&id)).await,
+            DecisionWrite::ApproverAlreadyDecided => {
+                return Box::pin(self.load(&id)).await.map(Some);
+            }
             DecisionWrite::NotPending => {
                 let now = Box::pin(self.load(&id)).await?;
                 return Err(self.final_state_error(&now));
             }
+            DecisionWrite::NotStored => return Ok(None),
+        }
+        if let Some(mut queued) = queued {
+            // Stored together with its request: said only once the request has been
+            // announced. Bounded like any wait on a request being written (its writer gone,
+            // the entry is dropped and this ends at once).
+            let stored = queued.wait_for(|h| matches!(h, Some(Handover::Stored(_))));
+            let _ = tokio::time::timeout(Duration::from_secs(10), stored).await;
         }
         // What is stored now is `rec` plus this decision, unless something else wrote to the
         // request meanwhile: another instance (PostgreSQL) or a prompt recorded after `rec`
@@ -1081,7 +1197,7 @@ impl ToolApprovalForwarder {
         match resolution {
             Some(resolution) => {
                 self.finish(rec.clone(), &resolution, false).await;
-                Ok(rec)
+                Ok(Some(rec))
             }
             None => {
                 if let Some(mut copy) = self.inner.hot.get_mut(&id) {
@@ -1093,7 +1209,7 @@ impl ToolApprovalForwarder {
                     &json!({ "approval": self.approval_view(&rec), "progress": progress }),
                 );
                 self.edit_all(&rec, TemplateKind::Request);
-                Ok(rec)
+                Ok(Some(rec))
             }
         }
     }
@@ -1932,22 +2048,75 @@ pub fn progress_text(rec: &ApprovalRecord, min: usize) -> Option<String> {
     })
 }
 
-/// The record handed to `written` within `limit` (`Ok(None)`: the writer gave up on it).
+/// The record handed to `written` within `limit` (`Ok(None)`: the writer gave up on it), and
+/// whether its insert was only queued then (accepted only with `queued_too`).
 async fn handed_within(
-    written: &mut watch::Receiver<Option<Arc<ApprovalRecord>>>,
+    written: &mut HandoverRx,
     limit: Duration,
-) -> Result<Option<ApprovalRecord>, tokio::time::error::Elapsed> {
-    tokio::time::timeout(limit, written.wait_for(|r| r.is_some()))
-        .await
-        .map(|r| r.ok().and_then(|r| r.as_deref().cloned()))
+    queued_too: bool,
+) -> Result<Option<(ApprovalRecord, bool)>, tokio::time::error::Elapsed> {
+    let handed = written.wait_for(|h| match h {
+        Some(Handover::Stored(_)) => true,
+        Some(Handover::Queued(_)) => queued_too,
+        None => false,
+    });
+    tokio::time::timeout(limit, handed).await.map(|h| {
+        h.ok().and_then(|h| match &*h {
+            Some(Handover::Stored(rec)) => Some(((**rec).clone(), false)),
+            Some(Handover::Queued(rec)) => Some(((**rec).clone(), true)),
+            None => None,
+        })
+    })
 }
+
+/// What a request's writer hands to the decisions waiting for it (`Inner::storing`).
+#[derive(Debug, Clone)]
+enum Handover {
+    /// Its insert is queued on the store's one writer (SQLite), not yet committed. A decision
+    /// checked against it queues its own write behind the insert, usually to share its
+    /// commit rather than wait for it (`Store::record_decision_after_insert`), and announces
+    /// its outcome only once handed [`Handover::Stored`]. Not offered for a request that a
+    /// preset or a rule settles as it is made.
+    Queued(Arc<ApprovalRecord>),
+    /// Stored, and announced (`tool.approval.requested`) unless settled at once.
+    Stored(Arc<ApprovalRecord>),
+}
+
+type HandoverRx = watch::Receiver<Option<Handover>>;
 
 /// A request being written, or an id a decision waits on: see `Inner::storing`.
 struct Storing {
-    tx: watch::Sender<Option<Arc<ApprovalRecord>>>,
+    tx: watch::Sender<Option<Handover>>,
     /// Set by the request's own writer, which removes the entry (and hands the record over)
     /// once the write is done.
     writing: bool,
+}
+
+/// Ends a request's `storing` entry when its `create` is done with it, however `create` ends
+/// (a caller that goes away cancels it midway): decisions waiting on the entry then look in
+/// the store rather than wait out their limit for a handover that will not come.
+struct StoringGuard<'a> {
+    storing: &'a DashMap<String, Storing>,
+    /// `None` once handed over.
+    id: Option<String>,
+}
+
+impl StoringGuard<'_> {
+    /// Remove the entry, handing `stored` (the request as stored) to those waiting on it.
+    fn hand_over(&mut self, stored: Option<ApprovalRecord>) {
+        if let Some(id) = self.id.take()
+            && let Some((_, entry)) = self.storing.remove(&id)
+            && let Some(rec) = stored
+        {
+            entry.tx.send_replace(Some(Handover::Stored(Arc::new(rec))));
+        }
+    }
+}
+
+impl Drop for StoringGuard<'_> {
+    fn drop(&mut self) {
+        self.hand_over(None);
+    }
 }
 
 impl Default for Storing {

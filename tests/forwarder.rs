@@ -1284,3 +1284,131 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
         .await;
     assert_eq!(kind, "unknown_id");
 }
+
+/// A decision handed a request whose insert is still queued (see `Handover::Queued`) is written
+/// behind that insert, yet nobody hears of the outcome before the request itself; and when the
+/// request it was checked against is not stored in the end (it folded into an identical one),
+/// the decision lands on what its id names instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_on_a_request_still_queued_is_announced_after_it_and_follows_a_fold() {
+    use approvald::domain::{Status, Transport};
+    use approvald::engine::{Actor, DecisionAttempt, NewRequest};
+
+    let s = TestServer::start("", vec![]).await;
+    let gateway = s.engine.directory().authenticate(GATEWAY).unwrap();
+    let alice = s.engine.directory().authenticate(ALICE).unwrap();
+    let ask_for = |id: &str, command: &str| NewRequest {
+        id: Some(id.into()),
+        tool: "shell".into(),
+        command: Some(command.into()),
+        ..NewRequest::default()
+    };
+    let approve = |id: &str| DecisionAttempt {
+        id: id.into(),
+        decision: approvald_channel::Decision::ApproveOnce,
+        reason: None,
+        actor: Actor::Caller {
+            caller: alice.clone(),
+            transport: Transport::Api,
+        },
+    };
+    let mut events = s.engine.events().subscribe();
+    // The store's writer is kept busy, so the requests below are still queued for writing
+    // while their decisions are checked.
+    let busy: Vec<_> = (0..200)
+        .map(|n| {
+            let engine = s.engine.clone();
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                let new = NewRequest {
+                    tool: "t".into(),
+                    command: Some(format!("background {n}")),
+                    ..NewRequest::default()
+                };
+                engine.request(new, &gateway).await.map(|_| ())
+            })
+        })
+        .collect();
+    tokio::task::yield_now().await;
+
+    // Twenty requests, each with its decision sent with it.
+    let ids: Vec<String> = (0..20)
+        .map(|n| format!("4b5c6d7e-8f90-4a1b-8c2d-3e4f5a6b7c{n:02}"))
+        .collect();
+    let cycles = ids.iter().map(|id| {
+        let (engine, gateway) = (s.engine.clone(), gateway.clone());
+        let (ask, decide) = (ask_for(id, &format!("deploy {id}")), approve(id));
+        async move {
+            tokio::join!(
+                engine.request_and_wait(ask, &gateway),
+                engine.resolve(decide)
+            )
+        }
+    });
+    for (asked, decided) in futures::future::join_all(cycles).await {
+        assert_eq!(
+            asked.expect("the caller is answered").status,
+            Status::Approved
+        );
+        assert_eq!(
+            decided.expect("the decision lands").status,
+            Status::Approved
+        );
+    }
+    for b in busy {
+        b.await.unwrap().unwrap();
+    }
+    // Each request was announced before its outcome, and its audit trail is in that order.
+    let mut seen: std::collections::HashMap<String, Vec<&str>> = Default::default();
+    while let Ok(ev) = events.try_recv() {
+        let params = ev.params();
+        let id = params["id"]
+            .as_str()
+            .or_else(|| params["approval"]["id"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        seen.entry(id).or_default().push(ev.method);
+    }
+    for id in &ids {
+        assert_eq!(
+            seen.get(id).map(Vec::as_slice),
+            Some(&["tool.approval.requested", "tool.approval.resolved"][..]),
+            "events of {id}"
+        );
+        let audit = s.audit(id).await;
+        let trail: Vec<&str> = audit
+            .iter()
+            .map(|e| e["event"].as_str().unwrap_or_default())
+            .collect();
+        assert_eq!(
+            trail,
+            ["requested", "decision", "resolved"],
+            "audit of {id}"
+        );
+    }
+
+    // A request that folds into an identical pending one while its decision waits for it:
+    // the decision approves the pending one, and both callers are answered with that.
+    let pending = s
+        .engine
+        .request(
+            ask_for("9a8b7c6d-5e4f-4a3b-9c2d-1e0f9a8b7c6d", "same ask"),
+            &gateway,
+        )
+        .await
+        .expect("stored");
+    assert_eq!(pending.status, Status::Pending);
+    let twin = "1f2e3d4c-5b6a-4978-8877-665544332211";
+    let (decided, asked) = tokio::join!(
+        s.engine.resolve(approve(twin)),
+        s.engine
+            .request_and_wait(ask_for(twin, "same ask"), &gateway),
+    );
+    let decided = decided.expect("the decision follows the fold");
+    let asked = asked.expect("the folded caller is answered");
+    assert_eq!(decided.request.id, pending.request.id);
+    assert_eq!(decided.status, Status::Approved);
+    assert_eq!(asked.request.id, pending.request.id);
+    assert_eq!(asked.status, Status::Approved);
+    assert_eq!(s.get(twin).await["status"], "approved");
+}

@@ -183,6 +183,7 @@ contract!(
     get_many => 3,
     decision_race => 22,
     same_approver_twice => 12,
+    decision_behind_its_insert => 4,
     fold_race => 22,
     audit_is_append_only => 3,
     audit_paging_misses_nothing => 9,
@@ -851,6 +852,112 @@ async fn same_approver_twice(db: &Db) {
             .len(),
         1
     );
+}
+
+/// A decision queued behind the insert of the request it was checked against: recorded with
+/// it where the store's one writer applies writes in turn (SQLite), and never on anything but
+/// that request. Every refusal (`NotStored`) changes nothing.
+async fn decision_behind_its_insert(db: &Db) {
+    let store = db.handle().await;
+    let bob = person("bob");
+    let yes = approval(&bob, Decision::ApproveOnce);
+    let done = resolution(Verdict::Approve, Some(&bob), "fine");
+    let lines = |id: &str| {
+        vec![
+            audit(AuditEvent::Decision, id, json!({ "by": "bob" })),
+            audit(AuditEvent::Resolved, id, json!({ "by": "bob" })),
+        ]
+    };
+
+    // Nothing stored under the id.
+    let t = trunc_ms(Utc::now());
+    let none = store
+        .record_decision_after_insert(
+            "behind-0",
+            t,
+            &bob.approver_id,
+            &yes,
+            Some(&done),
+            &lines("behind-0"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(none, DecisionWrite::NotStored);
+    assert!(store.get("behind-0").await.unwrap().is_none());
+    assert!(audit_of(&*store, "behind-0").await.is_empty());
+
+    // Another request under the id (created at another time): not the one checked.
+    let stored = request_at("behind-1", t - chrono::Duration::seconds(5));
+    insert(&*store, &stored).await;
+    let other = store
+        .record_decision_after_insert(
+            "behind-1",
+            t,
+            &bob.approver_id,
+            &yes,
+            Some(&done),
+            &lines("behind-1"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(other, DecisionWrite::NotStored);
+    let rec = store.get("behind-1").await.unwrap().expect("stored");
+    assert_eq!((rec.status, rec.approvals.len()), (Status::Pending, 0));
+    assert_eq!(
+        audit_of(&*store, "behind-1").await.len(),
+        1,
+        "only its request line"
+    );
+
+    // Queued behind the insert: the insert is polled once (queued), then the decision.
+    let req = request_at("behind-2", t);
+    let requested = [audit(AuditEvent::Requested, "behind-2", json!({}))];
+    let insert = store.insert_request(&req, None, &requested, false);
+    let mut insert = std::pin::pin!(insert);
+    let first = futures::poll!(insert.as_mut());
+    let decided = store
+        .record_decision_after_insert(
+            "behind-2",
+            t,
+            &bob.approver_id,
+            &yes,
+            Some(&done),
+            &lines("behind-2"),
+        )
+        .await
+        .unwrap();
+    let inserted = match first {
+        std::task::Poll::Ready(out) => out,
+        std::task::Poll::Pending => insert.await,
+    };
+    assert!(matches!(inserted.unwrap(), InsertOutcome::Inserted));
+    let rec = store.get("behind-2").await.unwrap().expect("stored");
+    let events: Vec<AuditEvent> = audit_of(&*store, "behind-2")
+        .await
+        .iter()
+        .map(|e| e.event)
+        .collect();
+    match db.backend {
+        Backend::Sqlite(_) => {
+            assert_eq!(decided, DecisionWrite::Recorded);
+            assert_eq!(rec.status, Status::Approved);
+            assert_eq!(rec.approvals, vec![yes.clone()]);
+            assert_eq!(
+                events,
+                vec![
+                    AuditEvent::Requested,
+                    AuditEvent::Decision,
+                    AuditEvent::Resolved
+                ]
+            );
+        }
+        // Writes from several instances are not ordered: it says so, and writes nothing.
+        Backend::Postgres(_) => {
+            assert_eq!(decided, DecisionWrite::NotStored);
+            assert_eq!((rec.status, rec.approvals.len()), (Status::Pending, 0));
+            assert_eq!(events, vec![AuditEvent::Requested]);
+        }
+    }
 }
 
 /// Twenty identical requests (different ids, one fold key) arrive at once on twenty instances:

@@ -100,6 +100,9 @@ pub enum DecisionWrite {
     ApproverAlreadyDecided,
     /// The request is no longer pending (another resolver won); nothing changed.
     NotPending,
+    /// Only from [`Store::record_decision_after_insert`]: the request it was checked against
+    /// is not stored (not yet, or another took its place); nothing changed.
+    NotStored,
 }
 
 /// Which requests to list, newest first.
@@ -170,6 +173,25 @@ pub trait Store: Send + Sync + 'static {
         resolution: Option<&Resolution>,
         audits: &[AuditEntry],
     ) -> Result<DecisionWrite, StoreError>;
+    /// [`Self::record_decision`] on a request whose insert is queued but perhaps not written
+    /// yet, for a store whose one writer applies writes in the order they were queued: the
+    /// decision is queued behind the insert and usually shares its commit, instead of waiting
+    /// for that commit before it is even queued. It applies only if by then the pending
+    /// request stored under `id` is the one the decision was checked against (created at
+    /// `created_at`); else [`DecisionWrite::NotStored`] and nothing changes. A store that
+    /// cannot order writes so answers `NotStored` to every call (the default).
+    async fn record_decision_after_insert(
+        &self,
+        id: &str,
+        created_at: DateTime<Utc>,
+        approver_key: &str,
+        approval: &Approval,
+        resolution: Option<&Resolution>,
+        audits: &[AuditEntry],
+    ) -> Result<DecisionWrite, StoreError> {
+        let _ = (id, created_at, approver_key, approval, resolution, audits);
+        Ok(DecisionWrite::NotStored)
+    }
     /// Resolve without a new decision (timeout). Compare-and-set: false if no longer pending.
     /// `audits` are written with it, in the same transaction, only when it wins.
     async fn resolve(

@@ -344,6 +344,38 @@ impl Store for SqliteStore {
                 group_commit::decide(
                     c,
                     &id,
+                    None,
+                    &approver_key,
+                    &approval_json,
+                    resolution.as_ref(),
+                    &audits,
+                )
+            })
+            .await
+    }
+
+    async fn record_decision_after_insert(
+        &self,
+        id: &str,
+        created_at: DateTime<Utc>,
+        approver_key: &str,
+        approval: &Approval,
+        resolution: Option<&Resolution>,
+        audits: &[AuditEntry],
+    ) -> Result<DecisionWrite, StoreError> {
+        // The one writer applies writes in the order they were queued (`group_commit`).
+        let id = id.to_string();
+        let created_at = ms(created_at);
+        let approver_key = approver_key.to_string();
+        let approval_json = serde_json::to_string(approval)?;
+        let resolution = resolution.cloned();
+        let audits = audits.to_vec();
+        self.writes
+            .write(move |c| {
+                group_commit::decide(
+                    c,
+                    &id,
+                    Some(created_at),
                     &approver_key,
                     &approval_json,
                     resolution.as_ref(),

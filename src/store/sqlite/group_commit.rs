@@ -450,9 +450,13 @@ pub(super) fn insert(
 }
 
 /// Record one approver's decision on a pending request and, with `resolution`, settle it.
+/// With `created_at`: only on the request created then (`NotStored` when none of this id is
+/// stored, or another one is).
+#[allow(clippy::too_many_arguments)]
 pub(super) fn decide(
     conn: &Connection,
     id: &str,
+    created_at: Option<i64>,
     approver_key: &str,
     approval_json: &str,
     resolution: Option<&Resolution>,
@@ -475,6 +479,11 @@ pub(super) fn decide(
             ))
         }),
     )?;
+    if let Some(expected) = created_at
+        && request.is_none_or(|(stored, _, _)| stored != expected)
+    {
+        return Ok(DecisionWrite::NotStored);
+    }
     let Some((created_at, true, decided_before)) = request else {
         return Ok(DecisionWrite::NotPending);
     };

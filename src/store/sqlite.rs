@@ -41,7 +41,7 @@ macro_rules! record_columns {
 mod checkpoint;
 mod group_commit;
 
-use group_commit::{GroupCommit, NewRow, db, optional};
+use group_commit::{AuditRow, GroupCommit, NewRow, db, optional};
 use rusqlite::params;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -185,7 +185,7 @@ impl Store for SqliteStore {
                 owner: self.instance.clone(),
                 fanout,
             };
-            let audits = audits.to_vec();
+            let audits = AuditRow::render(audits)?;
             let stored = self
                 .writes
                 .write(move |c| group_commit::insert(c, &row, &audits))
@@ -338,7 +338,7 @@ impl Store for SqliteStore {
         let approver_key = approver_key.to_string();
         let approval_json = serde_json::to_string(approval)?;
         let resolution = resolution.cloned();
-        let audits = audits.to_vec();
+        let audits = AuditRow::render(audits)?;
         self.writes
             .write(move |c| {
                 group_commit::decide(
@@ -369,7 +369,7 @@ impl Store for SqliteStore {
         let approver_key = approver_key.to_string();
         let approval_json = serde_json::to_string(approval)?;
         let resolution = resolution.cloned();
-        let audits = audits.to_vec();
+        let audits = AuditRow::render(audits)?;
         self.writes
             .write(move |c| {
                 group_commit::decide(
@@ -393,7 +393,7 @@ impl Store for SqliteStore {
     ) -> Result<bool, StoreError> {
         let id = id.to_string();
         let resolution = resolution.clone();
-        let audits = audits.to_vec();
+        let audits = AuditRow::render(audits)?;
         self.writes
             .write(move |c| group_commit::resolve(c, &id, &resolution, &audits))
             .await
@@ -449,9 +449,9 @@ impl Store for SqliteStore {
     }
 
     async fn audit_append(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let entry = entry.clone();
+        let rows = AuditRow::render(std::slice::from_ref(entry))?;
         self.writes
-            .write(move |c| group_commit::audit(c, std::slice::from_ref(&entry)))
+            .write(move |c| group_commit::audit(c, &rows, None))
             .await
     }
 
@@ -956,7 +956,9 @@ mod tests {
         for sql in [
             group_commit::INSERT_REQUEST,
             group_commit::SETTLE,
+            group_commit::SETTLE_ROW,
             group_commit::INSERT_DECISION,
+            group_commit::INSERT_AUDIT,
         ] {
             let mut plan = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
             let mut rows = plan.raw_query();

@@ -54,6 +54,18 @@ pub(super) const INSERT_REQUEST: &str = "INSERT INTO approvals (id, status, tool
 pub(super) const SETTLE: &str =
     "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
      WHERE id = ?1 AND status = 'pending'";
+/// [`SETTLE`] by the row a decision has just read: no second search of the id index.
+pub(super) const SETTLE_ROW: &str =
+    "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
+     WHERE rowid = ?1 AND status = 'pending'";
+/// An audit line about a request whose creation time the write knows.
+pub(super) const INSERT_AUDIT: &str =
+    "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+/// Any other audit line: its request's creation time is looked up (NULL for none).
+const INSERT_AUDIT_LOOKUP: &str =
+    "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at)
+     VALUES (?1, ?2, ?3, ?4, ?5, (SELECT created_at FROM approvals WHERE id = ?2))";
 pub(super) const INSERT_DECISION: &str =
     "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq, approval_json)
      VALUES (?1, ?2, ?3, ?4, ?5)
@@ -357,27 +369,68 @@ pub(super) fn optional<T>(row: rusqlite::Result<T>) -> Result<Option<T>, StoreEr
     }
 }
 
-/// Append `entries` to the audit trail.
-pub(super) fn audit(conn: &Connection, entries: &[AuditEntry]) -> Result<(), StoreError> {
-    if entries.is_empty() {
-        return Ok(());
+/// An audit line made ready for its row before it is queued, so the writer thread (the one
+/// thread every write waits for) only binds it.
+pub(super) struct AuditRow {
+    at: i64,
+    approval_id: Option<String>,
+    event: &'static str,
+    transport: Option<&'static str>,
+    json: String,
+}
+
+impl AuditRow {
+    pub(super) fn render(entries: &[AuditEntry]) -> Result<Vec<AuditRow>, StoreError> {
+        entries
+            .iter()
+            .map(|entry| {
+                Ok(AuditRow {
+                    at: entry.at.timestamp_millis(),
+                    approval_id: entry.approval_id.clone(),
+                    event: entry.event.as_str(),
+                    transport: entry.transport.map(|t| t.as_str()),
+                    json: serde_json::to_string(entry)?,
+                })
+            })
+            .collect()
     }
-    let mut insert = conn
-        .prepare_cached(
-            "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, (SELECT created_at FROM approvals WHERE id = ?2))",
-        )
+}
+
+/// Append `rows` to the audit trail. `request`: the id and creation time of the request the
+/// write is about, known to the write, so its lines need not look it up in the id index.
+pub(super) fn audit(
+    conn: &Connection,
+    rows: &[AuditRow],
+    request: Option<(&str, i64)>,
+) -> Result<(), StoreError> {
+    for row in rows {
+        let known = request
+            .filter(|(id, _)| row.approval_id.as_deref() == Some(*id))
+            .map(|(_, created_at)| created_at);
+        match known {
+            Some(created_at) => conn
+                .prepare_cached(INSERT_AUDIT)
+                .map_err(db)?
+                .execute(params![
+                    row.at,
+                    row.approval_id,
+                    row.event,
+                    row.transport,
+                    row.json,
+                    created_at,
+                ]),
+            None => conn
+                .prepare_cached(INSERT_AUDIT_LOOKUP)
+                .map_err(db)?
+                .execute(params![
+                    row.at,
+                    row.approval_id,
+                    row.event,
+                    row.transport,
+                    row.json,
+                ]),
+        }
         .map_err(db)?;
-    for entry in entries {
-        insert
-            .execute(params![
-                entry.at.timestamp_millis(),
-                entry.approval_id,
-                entry.event.as_str(),
-                entry.transport.map(|t| t.as_str()),
-                serde_json::to_string(entry)?,
-            ])
-            .map_err(db)?;
     }
     Ok(())
 }
@@ -388,11 +441,21 @@ pub(super) fn settle(
     id: &str,
     resolution: &Resolution,
 ) -> Result<bool, StoreError> {
+    settle_with(conn, SETTLE, id, resolution)
+}
+
+/// [`settle`] with `statement` ([`SETTLE`] or [`SETTLE_ROW`]) and its key.
+fn settle_with(
+    conn: &Connection,
+    statement: &str,
+    key: impl rusqlite::ToSql,
+    resolution: &Resolution,
+) -> Result<bool, StoreError> {
     let changed = conn
-        .prepare_cached(SETTLE)
+        .prepare_cached(statement)
         .map_err(db)?
         .execute(params![
-            id,
+            key,
             resolution.verdict.status().as_str(),
             serde_json::to_string(resolution)?,
             resolution.resolved_at.timestamp_millis(),
@@ -412,7 +475,7 @@ pub(super) fn settle(
 pub(super) fn insert(
     conn: &Connection,
     row: &NewRow,
-    audits: &[AuditEntry],
+    audits: &[AuditRow],
 ) -> Result<bool, StoreError> {
     if let Some(fold_key) = &row.fold_key {
         let folded = conn
@@ -444,7 +507,7 @@ pub(super) fn insert(
         ])
         .map_err(db)?;
     if changed == 1 {
-        audit(conn, audits)?;
+        audit(conn, audits, Some((&row.id, row.created_at)))?;
     }
     Ok(changed == 1)
 }
@@ -460,14 +523,15 @@ pub(super) fn decide(
     approver_key: &str,
     approval_json: &str,
     resolution: Option<&Resolution>,
-    audits: &[AuditEntry],
+    audits: &[AuditRow],
 ) -> Result<DecisionWrite, StoreError> {
     // Read first, then a plain insert, for the reasons given at `insert`.
     let request = optional(
         conn.prepare_cached(
             "SELECT a.created_at, a.status = 'pending',
                     (SELECT COUNT(*) FROM decisions
-                     WHERE approval_created_at = a.created_at AND approval_id = a.id)
+                     WHERE approval_created_at = a.created_at AND approval_id = a.id),
+                    a.rowid
              FROM approvals a WHERE a.id = ?1",
         )
         .map_err(db)?
@@ -476,15 +540,16 @@ pub(super) fn decide(
                 r.get::<_, i64>(0)?,
                 r.get::<_, bool>(1)?,
                 r.get::<_, i64>(2)?,
+                r.get::<_, i64>(3)?,
             ))
         }),
     )?;
     if let Some(expected) = created_at
-        && request.is_none_or(|(stored, _, _)| stored != expected)
+        && request.is_none_or(|(stored, ..)| stored != expected)
     {
         return Ok(DecisionWrite::NotStored);
     }
-    let Some((created_at, true, decided_before)) = request else {
+    let Some((created_at, true, decided_before, row)) = request else {
         return Ok(DecisionWrite::NotPending);
     };
     let changed = conn
@@ -504,13 +569,13 @@ pub(super) fn decide(
     // The read saw it pending and this transaction holds the only writer, so the settle
     // cannot lose; if it did, the batch is retried write by write.
     if let Some(r) = resolution
-        && !settle(conn, id, r)?
+        && !settle_with(conn, SETTLE_ROW, row, r)?
     {
         return Err(StoreError(format!(
             "a decision on {id} was recorded but its request did not settle"
         )));
     }
-    audit(conn, audits)?;
+    audit(conn, audits, Some((id, created_at)))?;
     Ok(DecisionWrite::Recorded)
 }
 
@@ -519,11 +584,11 @@ pub(super) fn resolve(
     conn: &Connection,
     id: &str,
     resolution: &Resolution,
-    audits: &[AuditEntry],
+    audits: &[AuditRow],
 ) -> Result<bool, StoreError> {
     let settled = settle(conn, id, resolution)?;
     if settled {
-        audit(conn, audits)?;
+        audit(conn, audits, None)?;
     }
     Ok(settled)
 }

@@ -70,6 +70,70 @@ pub fn known_method(method: &str) -> Option<&'static str> {
     .find(|m| *m == method)
 }
 
+/// Which notifications a stream client is sent: `?events=` on `GET /rpc/ws` and `GET /events`.
+/// All of them by default; `none` (a gateway that only makes calls and waits on them needs
+/// none, and each costs both sides a frame), or a comma-separated list of methods.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum EventFilter {
+    #[default]
+    All,
+    /// These methods only (none when empty).
+    Only(Vec<&'static str>),
+}
+
+impl EventFilter {
+    /// Methods a client may ask for.
+    const CLIENT_METHODS: [&'static str; 9] = [
+        REQUESTED,
+        UPDATED,
+        RESOLVED,
+        EXPIRED,
+        DELIVERED,
+        DELIVERY_FAILED,
+        TASK_UPDATED,
+        EXECUTION_ABORT,
+        FALLBACK,
+    ];
+
+    /// The filter `?events=` asks for (`None`: not given). Unknown methods are refused, so a
+    /// typo does not silently mean "nothing".
+    pub fn parse(given: Option<&str>) -> Result<Self, String> {
+        let Some(given) = given.map(str::trim) else {
+            return Ok(Self::All);
+        };
+        match given {
+            "" | "all" => return Ok(Self::All),
+            "none" => return Ok(Self::Only(Vec::new())),
+            _ => {}
+        }
+        let mut only = Vec::new();
+        for name in given.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let Some(method) = Self::CLIENT_METHODS.into_iter().find(|m| *m == name) else {
+                return Err(format!(
+                    "events: unknown method {name:?}; give all, none, or a comma-separated list of {}",
+                    Self::CLIENT_METHODS.join(", ")
+                ));
+            };
+            if !only.contains(&method) {
+                only.push(method);
+            }
+        }
+        Ok(Self::Only(only))
+    }
+
+    pub fn allows(&self, method: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Only(only) => only.contains(&method),
+        }
+    }
+
+    /// Whether any event passes (if not, the client need not be subscribed at all).
+    pub fn wants_any(&self) -> bool {
+        !matches!(self, Self::Only(only) if only.is_empty())
+    }
+}
+
 /// What is handed to the other instances of a cluster: an event published here, its params
 /// as JSON text.
 pub type PeerEvent = (&'static str, Arc<str>);
@@ -135,5 +199,31 @@ impl EventBus {
 
     pub fn subscriber_count(&self) -> usize {
         self.tx.receiver_count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_filters_parse_as_asked_and_refuse_unknown_methods() {
+        assert_eq!(EventFilter::parse(None), Ok(EventFilter::All));
+        assert_eq!(EventFilter::parse(Some("all")), Ok(EventFilter::All));
+        let none = EventFilter::parse(Some("none")).expect("none");
+        assert!(!none.wants_any() && !none.allows(REQUESTED));
+        let two = EventFilter::parse(Some(
+            " tool.approval.resolved, tool.approval.expired,tool.approval.resolved ",
+        ))
+        .expect("a list");
+        assert_eq!(two, EventFilter::Only(vec![RESOLVED, EXPIRED]));
+        assert!(two.wants_any() && two.allows(RESOLVED) && !two.allows(REQUESTED));
+        // Internal to a cluster, never a client's.
+        assert!(EventFilter::parse(Some(RULES_CHANGED)).is_err());
+        let err = EventFilter::parse(Some("tool.approval.resolvd")).expect_err("a typo");
+        assert!(
+            err.contains("tool.approval.resolvd") && err.contains(RESOLVED),
+            "{err}"
+        );
     }
 }

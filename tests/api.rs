@@ -408,3 +408,123 @@ async fn batches_and_notifications() {
     let (_, answer) = raw(&s, Some(GATEWAY), "[]").await;
     assert_eq!(answer["error"]["data"]["kind"], "invalid_request");
 }
+
+/// A stream client picks which notifications it is sent (`?events=`): a gateway that only
+/// makes calls asks for none and gets its answers alone; a watcher of outcomes gets only those;
+/// a method that does not exist is refused, not taken as "nothing".
+#[tokio::test]
+async fn stream_clients_choose_their_events() {
+    let s = TestServer::start("", vec![]).await;
+    let ws_url = |query: &str| {
+        let mut req = format!("{}/rpc/ws{query}", s.url.replace("http", "ws"))
+            .into_client_request()
+            .unwrap();
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {GATEWAY}").parse().unwrap(),
+        );
+        req
+    };
+    let sse = |query: &str| {
+        s.http()
+            .get(format!("{}/events{query}", s.url))
+            .bearer_auth(ADMIN)
+            .send()
+    };
+
+    // Refused: an unknown method, on either stream.
+    match tokio_tungstenite::connect_async(ws_url("?events=tool.approval.bogus")).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), 400);
+            let body =
+                String::from_utf8_lossy(response.body().as_deref().unwrap_or_default()).to_string();
+            assert!(body.contains("tool.approval.bogus"), "{body}");
+        }
+        other => panic!("an unknown event method was accepted: {other:?}"),
+    }
+    assert_eq!(sse("?events=nope").await.unwrap().status(), 400);
+
+    let outcomes_sse = sse("?events=tool.approval.resolved").await.unwrap();
+    assert_eq!(outcomes_sse.status(), 200);
+    let mut outcomes_sse = outcomes_sse.bytes_stream();
+    let (mut outcomes, _) =
+        tokio_tungstenite::connect_async(ws_url("?events=tool.approval.resolved"))
+            .await
+            .unwrap();
+    let (mut caller, _) = tokio_tungstenite::connect_async(ws_url("?events=none"))
+        .await
+        .unwrap();
+
+    let id = "2c3d4e5f-6a7b-4c8d-9e0f-1a2b3c4d5e6f";
+    caller
+        .send(Message::text(
+            json!({ "jsonrpc": "2.0", "id": "w1", "method": "tool.approval.request",
+                    "params": { "id": id, "tool": "t", "command": "quiet" } })
+            .to_string(),
+        ))
+        .await
+        .unwrap();
+    // Decided once it is pending.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while s.get(id).await["status"] != "pending" {
+        assert!(tokio::time::Instant::now() < deadline, "never pending");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    s.call(
+        BOB,
+        "tool.approval.resolve",
+        json!({ "id": id, "decision": "deny" }),
+    )
+    .await;
+
+    // The caller: its answer and nothing else.
+    let msg = tokio::time::timeout_at(deadline, caller.next())
+        .await
+        .expect("answer in time")
+        .unwrap()
+        .unwrap();
+    let answer: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(answer["id"], "w1", "{answer}");
+    assert_eq!(answer["result"]["status"], "denied");
+    // A second call on it proves nothing else was queued before its answer.
+    caller
+        .send(Message::text(
+            json!({ "jsonrpc": "2.0", "id": "g1", "method": "tool.approval.get",
+                    "params": { "id": id } })
+            .to_string(),
+        ))
+        .await
+        .unwrap();
+    let msg = tokio::time::timeout_at(deadline, caller.next())
+        .await
+        .expect("answer in time")
+        .unwrap()
+        .unwrap();
+    let next: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(
+        next["id"], "g1",
+        "a notification reached a client that asked for none: {next}"
+    );
+
+    // The outcome watcher: the outcome, not the request.
+    let msg = tokio::time::timeout_at(deadline, outcomes.next())
+        .await
+        .expect("outcome in time")
+        .unwrap()
+        .unwrap();
+    let note: Value = serde_json::from_str(msg.to_text().unwrap()).unwrap();
+    assert_eq!(note["method"], "tool.approval.resolved", "{note}");
+    assert_eq!(note["params"]["id"], id);
+
+    let mut text = String::new();
+    while !text.contains("event: tool.approval.resolved") {
+        let chunk = tokio::time::timeout_at(deadline, outcomes_sse.next())
+            .await
+            .expect("sse outcome in time")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(text.contains(id));
+    assert!(!text.contains("event: tool.approval.requested"), "{text}");
+}

@@ -27,6 +27,17 @@ pub struct CycleOptions {
     pub in_flight: usize,
     pub callers: usize,
     pub handoff: Handoff,
+    /// WebSocket only: which notifications the caller connections ask for.
+    pub caller_events: CallerEvents,
+}
+
+/// What the caller connections (gateways that make calls and wait on them) are sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum CallerEvents {
+    /// `?events=none`: their answers only, as a gateway that only makes calls asks.
+    None,
+    /// Every notification (what every client got before `?events=` existed).
+    All,
 }
 
 /// How the resolver learns which request to decide.
@@ -158,8 +169,14 @@ pub async fn run(env: &Env, opts: CycleOptions) -> anyhow::Result<Value> {
         Handoff::Channel => "channel",
         Handoff::Event => "event",
     };
+    let caller_events = match (opts.mode, opts.caller_events) {
+        (Mode::Http, _) => "none (HTTP)",
+        (Mode::Ws, CallerEvents::None) => "none",
+        (Mode::Ws, CallerEvents::All) => "all",
+    };
     r.field("mode", json!(mode))
         .field("handoff", json!(handoff))
+        .field("caller_events", json!(caller_events))
         .field("in_flight", json!(opts.in_flight))
         .field("callers", json!(opts.callers))
         .field("seconds", json!(main.window.as_secs_f64()));
@@ -338,7 +355,11 @@ async fn drive(
     for _ in 0..opts.callers.max(1) {
         callers.push(match opts.mode {
             Mode::Ws => {
-                let ws = Arc::new(WsRpc::connect(&server.ws_url(), CALLER_TOKEN).await?);
+                let url = match opts.caller_events {
+                    CallerEvents::None => format!("{}?events=none", server.ws_url()),
+                    CallerEvents::All => server.ws_url(),
+                };
+                let ws = Arc::new(WsRpc::connect(&url, CALLER_TOKEN).await?);
                 ws_conns.push(ws.clone());
                 Rpc::Ws(ws)
             }

@@ -60,6 +60,10 @@ enum Scenario {
         /// `unknown_id`), or (ws only) from the `tool.approval.requested` notification too.
         #[arg(long, value_enum, default_value_t = cycle::Handoff::Channel)]
         handoff: cycle::Handoff,
+        /// WebSocket only: which notifications the caller connections ask for (`none`, as a
+        /// gateway that only makes calls would; `all`, as every client got before `?events=`).
+        #[arg(long, value_enum, default_value_t = cycle::CallerEvents::None)]
+        caller_events: cycle::CallerEvents,
     },
     /// The cycle over HTTP with a new TCP connection for every call.
     CycleNewconn {
@@ -253,6 +257,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Option<Value>> {
         in_flight,
         callers,
         handoff: cycle::Handoff::Channel,
+        caller_events: cycle::CallerEvents::None,
     };
     let wait_opts = |rate, ahead, within_all| wait_latency::WaitOptions {
         rate,
@@ -285,12 +290,14 @@ async fn dispatch(cli: Cli) -> anyhow::Result<Option<Value>> {
             in_flight,
             callers,
             handoff,
+            caller_events,
         } => {
             if handoff == cycle::Handoff::Event && mode != Mode::Ws {
                 anyhow::bail!("--handoff event needs --mode ws (HTTP gets no notifications)");
             }
             let opts = cycle::CycleOptions {
                 handoff,
+                caller_events,
                 ..cycle_opts(mode, false, in_flight, callers, false)
             };
             cycle::run(&Env::new(), opts).await?

@@ -68,6 +68,22 @@ pub fn router(ctx: AppContext) -> Router {
         ))
 }
 
+/// The query of the streaming endpoints (`GET /rpc/ws`, `GET /events`).
+#[derive(Debug, serde::Deserialize)]
+pub struct StreamQuery {
+    /// Which notifications to send (see [`crate::events::EventFilter`]).
+    events: Option<String>,
+}
+
+/// The filter a streaming client asked for, or why its query is refused.
+fn event_filter(
+    query: Result<axum::extract::Query<StreamQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<crate::events::EventFilter, ApprovalError> {
+    let query = query.map_err(|e| ApprovalError::InvalidRequest(e.body_text()))?;
+    crate::events::EventFilter::parse(query.events.as_deref())
+        .map_err(ApprovalError::InvalidRequest)
+}
+
 /// The bearer token from `Authorization`, checked against the configured tokens.
 pub fn authenticate(ctx: &AppContext, headers: &HeaderMap) -> Result<Caller, ApprovalError> {
     let value = headers

@@ -1,25 +1,32 @@
 //! `GET /rpc/ws`: JSON-RPC over WebSocket. Requests are handled concurrently (a waiting
 //! `tool.approval.request` does not block the next message) and every event is pushed as a
-//! notification.
+//! notification, or those `?events=` names (see [`EventFilter`]).
 
-use axum::extract::State;
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use futures::{SinkExt, StreamExt};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use super::{AppContext, authenticate, rpc};
+use super::{AppContext, StreamQuery, authenticate, rpc};
 use crate::directory::Caller;
+use crate::events::EventFilter;
 
 pub async fn upgrade(
     State(ctx): State<AppContext>,
     headers: HeaderMap,
+    query: Result<Query<StreamQuery>, QueryRejection>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let caller = match authenticate(&ctx, &headers) {
         Ok(c) => c,
+        Err(e) => return rpc::error_response(&e, serde_json::Value::Null),
+    };
+    let filter = match super::event_filter(query) {
+        Ok(f) => f,
         Err(e) => return rpc::error_response(&e, serde_json::Value::Null),
     };
     let slot = match ctx.stream_slot() {
@@ -28,7 +35,7 @@ pub async fn upgrade(
     };
     let limit = ctx.max_body_bytes;
     ws.max_message_size(limit)
-        .on_upgrade(move |socket| serve(ctx, caller, socket, slot))
+        .on_upgrade(move |socket| serve(ctx, caller, socket, slot, filter))
 }
 
 async fn serve(
@@ -36,10 +43,12 @@ async fn serve(
     caller: Caller,
     socket: WebSocket,
     _slot: tokio::sync::OwnedSemaphorePermit,
+    filter: EventFilter,
 ) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<String>(256);
-    let mut events = ctx.engine.events().subscribe();
+    // Not subscribed at all when it wants no events: the bus then skips it entirely.
+    let mut events = filter.wants_any().then(|| ctx.engine.events().subscribe());
     let mut stopping = ctx.engine.shutdown_signal();
     let writer = tokio::spawn(async move {
         loop {
@@ -56,8 +65,9 @@ async fn serve(
                     Some(text) => if sink.feed(Message::Text(text.into())).await.is_err() { break },
                     None => break,
                 },
-                ev = events.recv() => match ev {
+                ev = next_event(&mut events) => match ev {
                     Ok(ev) => {
+                        if !filter.allows(ev.method) { continue }
                         if sink.feed(Message::Text(ev.notification)).await.is_err() { break }
                     }
                     Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
@@ -68,7 +78,9 @@ async fn serve(
             // carries many frames instead of one each. Letting the tasks already woken run
             // first (they often publish the next event) gathers more.
             tokio::task::yield_now().await;
-            if feed_ready(&mut sink, &mut rx, &mut events).await.is_err()
+            if feed_ready(&mut sink, &mut rx, &mut events, &filter)
+                .await
+                .is_err()
                 || sink.flush().await.is_err()
             {
                 break;
@@ -103,18 +115,36 @@ async fn serve(
 async fn feed_ready(
     sink: &mut futures::stream::SplitSink<WebSocket, Message>,
     rx: &mut mpsc::Receiver<String>,
-    events: &mut tokio::sync::broadcast::Receiver<crate::events::Event>,
+    events: &mut Option<EventRx>,
+    filter: &EventFilter,
 ) -> Result<(), axum::Error> {
     for _ in 0..64 {
         if let Ok(text) = rx.try_recv() {
             sink.feed(Message::Text(text.into())).await?;
         } else {
+            let Some(events) = events.as_mut() else {
+                return Ok(());
+            };
             match events.try_recv() {
-                Ok(ev) => sink.feed(Message::Text(ev.notification)).await?,
-                Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
+                Ok(ev) if filter.allows(ev.method) => {
+                    sink.feed(Message::Text(ev.notification)).await?
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_)) => continue,
                 Err(_) => return Ok(()),
             }
         }
     }
     Ok(())
+}
+
+type EventRx = tokio::sync::broadcast::Receiver<crate::events::Event>;
+
+/// The next event, or never for a client subscribed to none.
+async fn next_event(
+    events: &mut Option<EventRx>,
+) -> Result<crate::events::Event, tokio::sync::broadcast::error::RecvError> {
+    match events {
+        Some(events) => events.recv().await,
+        None => std::future::pending().await,
+    }
 }

@@ -105,6 +105,20 @@ struct Success<'a> {
 /// Handle one message (a request, a notification or a batch): the answer as JSON text, or
 /// `None` when there is nothing to answer.
 pub async fn handle_message(ctx: &AppContext, caller: &Caller, body: &[u8]) -> Option<String> {
+    // Most messages are one well-formed request: its params are read straight into the
+    // method's own type, never built as a JSON value first. Anything else (a batch, a
+    // notification, a malformed envelope) goes the long way, which says what is wrong.
+    if let Ok(envelope) = serde_json::from_slice::<Envelope>(body)
+        && let Some((id, method, params)) = envelope.checked()
+    {
+        match dispatch(ctx, caller, method, params).await {
+            // Its params are not JSON serde_json accepts (a lone surrogate escape, say, which
+            // skipping over them does not check): said as for any malformed body, below.
+            // Nothing was done: params are read before anything else.
+            Err(ApprovalError::Parse(_)) => {}
+            result => return respond(method, Some(id), result),
+        }
+    }
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
@@ -170,10 +184,78 @@ async fn handle_one(ctx: &AppContext, caller: &Caller, item: Value) -> Option<St
             );
         }
     };
-    let result = dispatch(ctx, caller, &method, params).await;
-    if is_notification {
-        return None;
+    answer(
+        ctx,
+        caller,
+        &method,
+        Params::Value(params),
+        (!is_notification).then_some(id),
+    )
+    .await
+}
+
+/// The envelope of a single request with an id, its params left as text (see
+/// `handle_message`).
+#[derive(Deserialize)]
+struct Envelope<'a> {
+    #[serde(borrow)]
+    jsonrpc: Option<&'a str>,
+    #[serde(borrow)]
+    id: Option<&'a serde_json::value::RawValue>,
+    #[serde(borrow)]
+    method: Option<&'a str>,
+    #[serde(borrow)]
+    params: Option<&'a serde_json::value::RawValue>,
+}
+
+impl<'a> Envelope<'a> {
+    /// Id, method and params when this is what `handle_one` would accept as they are: a
+    /// string or number id, `"2.0"`, a method name, params an object or absent. Else `None`.
+    fn checked(self) -> Option<(Value, &'a str, Params<'a>)> {
+        let id = self.id?;
+        let first = id.get().as_bytes().first()?;
+        if !(*first == b'"' || *first == b'-' || first.is_ascii_digit()) {
+            return None;
+        }
+        if self.jsonrpc? != "2.0" {
+            return None;
+        }
+        let params = match self.params {
+            None => Params::Value(Value::Object(Default::default())),
+            Some(raw) if raw.get().starts_with('{') => Params::Raw(raw),
+            Some(_) => return None,
+        };
+        let id = serde_json::from_str(id.get()).ok()?;
+        Some((id, self.method?, params))
     }
+}
+
+/// A request's params: the JSON text as sent, or a value.
+enum Params<'a> {
+    Raw(&'a serde_json::value::RawValue),
+    Value(Value),
+}
+
+/// Dispatch `method` and answer it (nothing for a notification, which has no `id`).
+async fn answer(
+    ctx: &AppContext,
+    caller: &Caller,
+    method: &str,
+    params: Params<'_>,
+    id: Option<Value>,
+) -> Option<String> {
+    let result = dispatch(ctx, caller, method, params).await;
+    respond(method, id, result)
+}
+
+/// The answer to `method` (nothing for a notification, which has no `id`).
+fn respond(
+    method: &str,
+    id: Option<Value>,
+    result: Result<Answer, ApprovalError>,
+) -> Option<String> {
+    let error = |e: &ApprovalError, id: Value| Some(json_text(&error_object(e, id)));
+    let id = id?;
     match result {
         Ok(result) => Some(json_text(&Success {
             jsonrpc: "2.0",
@@ -189,8 +271,18 @@ async fn handle_one(ctx: &AppContext, caller: &Caller, item: Value) -> Option<St
     }
 }
 
-fn parse<T: DeserializeOwned>(params: Value) -> Result<T, ApprovalError> {
-    serde_json::from_value(params).map_err(|e| ApprovalError::InvalidParams(e.to_string()))
+fn parse<T: DeserializeOwned>(params: Params<'_>) -> Result<T, ApprovalError> {
+    match params {
+        Params::Raw(text) => serde_json::from_str(text.get()).map_err(|e| match e.classify() {
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
+                ApprovalError::Parse(format!("body is not valid JSON: {e}"))
+            }
+            _ => ApprovalError::InvalidParams(e.to_string()),
+        }),
+        Params::Value(value) => {
+            serde_json::from_value(value).map_err(|e| ApprovalError::InvalidParams(e.to_string()))
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -265,7 +357,7 @@ async fn dispatch(
     ctx: &AppContext,
     caller: &Caller,
     method: &str,
-    params: Value,
+    params: Params<'_>,
 ) -> Result<Answer, ApprovalError> {
     let engine = &ctx.engine;
     match method {
@@ -339,7 +431,7 @@ async fn dispatch_value(
     ctx: &AppContext,
     caller: &Caller,
     method: &str,
-    params: Value,
+    params: Params<'_>,
 ) -> Result<Value, ApprovalError> {
     let engine = &ctx.engine;
     match method {

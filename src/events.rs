@@ -51,23 +51,26 @@ pub fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
 }
 
-/// Every method a client may be sent, to map one received from another instance back to its
-/// name here.
+/// Every method a client may be sent (and ask for, see [`EventFilter`]).
+const CLIENT_METHODS: [&str; 9] = [
+    REQUESTED,
+    UPDATED,
+    RESOLVED,
+    EXPIRED,
+    DELIVERED,
+    DELIVERY_FAILED,
+    TASK_UPDATED,
+    EXECUTION_ABORT,
+    FALLBACK,
+];
+
+/// Every method published here, to map one received from another instance back to its name
+/// here.
 pub fn known_method(method: &str) -> Option<&'static str> {
-    [
-        REQUESTED,
-        UPDATED,
-        RESOLVED,
-        EXPIRED,
-        DELIVERED,
-        DELIVERY_FAILED,
-        TASK_UPDATED,
-        EXECUTION_ABORT,
-        FALLBACK,
-        RULES_CHANGED,
-    ]
-    .into_iter()
-    .find(|m| *m == method)
+    CLIENT_METHODS
+        .into_iter()
+        .chain([RULES_CHANGED])
+        .find(|m| *m == method)
 }
 
 /// Which notifications a stream client is sent: `?events=` on `GET /rpc/ws` and `GET /events`.
@@ -82,19 +85,6 @@ pub enum EventFilter {
 }
 
 impl EventFilter {
-    /// Methods a client may ask for.
-    const CLIENT_METHODS: [&'static str; 9] = [
-        REQUESTED,
-        UPDATED,
-        RESOLVED,
-        EXPIRED,
-        DELIVERED,
-        DELIVERY_FAILED,
-        TASK_UPDATED,
-        EXECUTION_ABORT,
-        FALLBACK,
-    ];
-
     /// The filter `?events=` asks for (`None`: not given). Unknown methods are refused, so a
     /// typo does not silently mean "nothing".
     pub fn parse(given: Option<&str>) -> Result<Self, String> {
@@ -108,10 +98,10 @@ impl EventFilter {
         }
         let mut only = Vec::new();
         for name in given.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-            let Some(method) = Self::CLIENT_METHODS.into_iter().find(|m| *m == name) else {
+            let Some(method) = CLIENT_METHODS.into_iter().find(|m| *m == name) else {
                 return Err(format!(
                     "events: unknown method {name:?}; give all, none, or a comma-separated list of {}",
-                    Self::CLIENT_METHODS.join(", ")
+                    CLIENT_METHODS.join(", ")
                 ));
             };
             if !only.contains(&method) {

@@ -1187,20 +1187,7 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
     s.get(warm["id"].as_str().unwrap()).await;
     // Keep the store's writer busy, so the request below is still queued for writing when
     // the decision looks it up.
-    let busy: Vec<_> = (0..1000)
-        .map(|n| {
-            let engine = s.engine.clone();
-            let gateway = gateway.clone();
-            tokio::spawn(async move {
-                let new = NewRequest {
-                    tool: "t".into(),
-                    command: Some(format!("background {n}")),
-                    ..NewRequest::default()
-                };
-                engine.request(new, &gateway).await.map(|_| ())
-            })
-        })
-        .collect();
+    let busy = keep_writer_busy(&s, &gateway, 1000);
     tokio::task::yield_now().await;
     let id = "3f2a6b1c-9d4e-4f7a-8b2c-1d0e9f8a7b6c";
     let ask = s.engine.request_and_wait(ask_for(id, "deploy"), &gateway);
@@ -1315,20 +1302,7 @@ async fn a_decision_on_a_request_still_queued_is_announced_after_it_and_follows_
     let mut events = s.engine.events().subscribe();
     // The store's writer is kept busy, so the requests below are still queued for writing
     // while their decisions are checked.
-    let busy: Vec<_> = (0..200)
-        .map(|n| {
-            let engine = s.engine.clone();
-            let gateway = gateway.clone();
-            tokio::spawn(async move {
-                let new = NewRequest {
-                    tool: "t".into(),
-                    command: Some(format!("background {n}")),
-                    ..NewRequest::default()
-                };
-                engine.request(new, &gateway).await.map(|_| ())
-            })
-        })
-        .collect();
+    let busy = keep_writer_busy(&s, &gateway, 200);
     tokio::task::yield_now().await;
 
     // Twenty requests, each with its decision sent with it.
@@ -1411,4 +1385,26 @@ async fn a_decision_on_a_request_still_queued_is_announced_after_it_and_follows_
     assert_eq!(asked.request.id, pending.request.id);
     assert_eq!(asked.status, Status::Approved);
     assert_eq!(s.get(twin).await["status"], "approved");
+}
+
+/// `n` requests made at once in the background: the store's writer has a queue for a while.
+fn keep_writer_busy(
+    s: &TestServer,
+    gateway: &approvald::directory::Caller,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<(), approvald::error::ApprovalError>>> {
+    (0..n)
+        .map(|n| {
+            let engine = s.engine.clone();
+            let gateway = gateway.clone();
+            tokio::spawn(async move {
+                let new = approvald::engine::NewRequest {
+                    tool: "t".into(),
+                    command: Some(format!("background {n}")),
+                    ..approvald::engine::NewRequest::default()
+                };
+                engine.request(new, &gateway).await.map(|_| ())
+            })
+        })
+        .collect()
 }

@@ -56,6 +56,36 @@ pub struct SqliteStore {
 }
 
 impl SqliteStore {
+    /// A decision's write (see `group_commit::decide`; `created_at`: only on that request).
+    async fn decide(
+        &self,
+        id: &str,
+        created_at: Option<i64>,
+        approver_key: &str,
+        approval: &Approval,
+        resolution: Option<&Resolution>,
+        audits: &[AuditEntry],
+    ) -> Result<DecisionWrite, StoreError> {
+        let id = id.to_string();
+        let approver_key = approver_key.to_string();
+        let approval_json = serde_json::to_string(approval)?;
+        let resolution = resolution.cloned();
+        let audits = AuditRow::render(audits)?;
+        self.writes
+            .write(move |c| {
+                group_commit::decide(
+                    c,
+                    &id,
+                    created_at,
+                    &approver_key,
+                    &approval_json,
+                    resolution.as_ref(),
+                    &audits,
+                )
+            })
+            .await
+    }
+
     /// Open (creating if needed) `approvald.db` in `data_dir` and apply migrations.
     pub async fn open(data_dir: &Path) -> Result<Self, StoreError> {
         std::fs::create_dir_all(data_dir).map_err(|e| {
@@ -334,23 +364,7 @@ impl Store for SqliteStore {
         resolution: Option<&Resolution>,
         audits: &[AuditEntry],
     ) -> Result<DecisionWrite, StoreError> {
-        let id = id.to_string();
-        let approver_key = approver_key.to_string();
-        let approval_json = serde_json::to_string(approval)?;
-        let resolution = resolution.cloned();
-        let audits = AuditRow::render(audits)?;
-        self.writes
-            .write(move |c| {
-                group_commit::decide(
-                    c,
-                    &id,
-                    None,
-                    &approver_key,
-                    &approval_json,
-                    resolution.as_ref(),
-                    &audits,
-                )
-            })
+        self.decide(id, None, approver_key, approval, resolution, audits)
             .await
     }
 
@@ -364,24 +378,8 @@ impl Store for SqliteStore {
         audits: &[AuditEntry],
     ) -> Result<DecisionWrite, StoreError> {
         // The one writer applies writes in the order they were queued (`group_commit`).
-        let id = id.to_string();
-        let created_at = ms(created_at);
-        let approver_key = approver_key.to_string();
-        let approval_json = serde_json::to_string(approval)?;
-        let resolution = resolution.cloned();
-        let audits = AuditRow::render(audits)?;
-        self.writes
-            .write(move |c| {
-                group_commit::decide(
-                    c,
-                    &id,
-                    Some(created_at),
-                    &approver_key,
-                    &approval_json,
-                    resolution.as_ref(),
-                    &audits,
-                )
-            })
+        let created_at = Some(ms(created_at));
+        self.decide(id, created_at, approver_key, approval, resolution, audits)
             .await
     }
 

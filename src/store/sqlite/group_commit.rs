@@ -58,14 +58,12 @@ pub(super) const SETTLE: &str =
 pub(super) const SETTLE_ROW: &str =
     "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
      WHERE rowid = ?1 AND status = 'pending'";
-/// An audit line about a request whose creation time the write knows.
+/// An audit line, with the creation time of the request it is about: `?6` when the write
+/// knows it, else looked up (NULL for none; `coalesce` looks only when `?6` is NULL).
 pub(super) const INSERT_AUDIT: &str =
     "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
-/// Any other audit line: its request's creation time is looked up (NULL for none).
-const INSERT_AUDIT_LOOKUP: &str =
-    "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at)
-     VALUES (?1, ?2, ?3, ?4, ?5, (SELECT created_at FROM approvals WHERE id = ?2))";
+     VALUES (?1, ?2, ?3, ?4, ?5,
+             coalesce(?6, (SELECT created_at FROM approvals WHERE id = ?2)))";
 pub(super) const INSERT_DECISION: &str =
     "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq, approval_json)
      VALUES (?1, ?2, ?3, ?4, ?5)
@@ -403,34 +401,21 @@ pub(super) fn audit(
     rows: &[AuditRow],
     request: Option<(&str, i64)>,
 ) -> Result<(), StoreError> {
+    let mut insert = conn.prepare_cached(INSERT_AUDIT).map_err(db)?;
     for row in rows {
         let known = request
             .filter(|(id, _)| row.approval_id.as_deref() == Some(*id))
             .map(|(_, created_at)| created_at);
-        match known {
-            Some(created_at) => conn
-                .prepare_cached(INSERT_AUDIT)
-                .map_err(db)?
-                .execute(params![
-                    row.at,
-                    row.approval_id,
-                    row.event,
-                    row.transport,
-                    row.json,
-                    created_at,
-                ]),
-            None => conn
-                .prepare_cached(INSERT_AUDIT_LOOKUP)
-                .map_err(db)?
-                .execute(params![
-                    row.at,
-                    row.approval_id,
-                    row.event,
-                    row.transport,
-                    row.json,
-                ]),
-        }
-        .map_err(db)?;
+        insert
+            .execute(params![
+                row.at,
+                row.approval_id,
+                row.event,
+                row.transport,
+                row.json,
+                known,
+            ])
+            .map_err(db)?;
     }
     Ok(())
 }

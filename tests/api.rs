@@ -464,9 +464,11 @@ async fn stream_clients_choose_their_events() {
         ))
         .await
         .unwrap();
-    // Decided once it is pending.
+    // Decided once it is pending (until then the id is unknown).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while s.get(id).await["status"] != "pending" {
+    while s.rpc(ADMIN, "tool.approval.get", json!({ "id": id })).await["result"]["status"]
+        != "pending"
+    {
         assert!(tokio::time::Instant::now() < deadline, "never pending");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }

@@ -1159,27 +1159,10 @@ async fn chat_receivers_can_list_pending_for_approvers_and_find_the_approval_beh
 /// waiting on its request is answered with that decision.
 #[tokio::test]
 async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
-    use approvald::domain::Transport;
-    use approvald::engine::{Actor, DecisionAttempt, NewRequest};
-
     let s = TestServer::start("", vec![]).await;
     let gateway = s.engine.directory().authenticate(GATEWAY).unwrap();
     let alice = s.engine.directory().authenticate(ALICE).unwrap();
-    let ask_for = |id: &str, command: &str| NewRequest {
-        id: Some(id.into()),
-        tool: "shell".into(),
-        command: Some(command.into()),
-        ..NewRequest::default()
-    };
-    let by_alice = |id: &str, decision| DecisionAttempt {
-        id: id.into(),
-        decision,
-        reason: None,
-        actor: Actor::Caller {
-            caller: alice.clone(),
-            transport: Transport::Api,
-        },
-    };
+    let by_alice = |id: &str, decision| decided_by(&alice, id, decision);
     // A connection to read with is open already (opening one takes longer than a write).
     let warm = s
         .request(json!({ "tool": "t", "command": "warm-up" }))
@@ -1278,27 +1261,12 @@ async fn a_decision_that_overtakes_its_request_being_stored_waits_for_it() {
 /// the decision lands on what its id names instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_decision_on_a_request_still_queued_is_announced_after_it_and_follows_a_fold() {
-    use approvald::domain::{Status, Transport};
-    use approvald::engine::{Actor, DecisionAttempt, NewRequest};
+    use approvald::domain::Status;
 
     let s = TestServer::start("", vec![]).await;
     let gateway = s.engine.directory().authenticate(GATEWAY).unwrap();
     let alice = s.engine.directory().authenticate(ALICE).unwrap();
-    let ask_for = |id: &str, command: &str| NewRequest {
-        id: Some(id.into()),
-        tool: "shell".into(),
-        command: Some(command.into()),
-        ..NewRequest::default()
-    };
-    let approve = |id: &str| DecisionAttempt {
-        id: id.into(),
-        decision: approvald_channel::Decision::ApproveOnce,
-        reason: None,
-        actor: Actor::Caller {
-            caller: alice.clone(),
-            transport: Transport::Api,
-        },
-    };
+    let approve = |id: &str| decided_by(&alice, id, approvald_channel::Decision::ApproveOnce);
     let mut events = s.engine.events().subscribe();
     // The store's writer is kept busy, so the requests below are still queued for writing
     // while their decisions are checked.
@@ -1407,4 +1375,31 @@ fn keep_writer_busy(
             })
         })
         .collect()
+}
+
+/// A request for `command` under the id its gateway picked.
+fn ask_for(id: &str, command: &str) -> approvald::engine::NewRequest {
+    approvald::engine::NewRequest {
+        id: Some(id.into()),
+        tool: "shell".into(),
+        command: Some(command.into()),
+        ..approvald::engine::NewRequest::default()
+    }
+}
+
+/// `decision` on `id` by the holder of `token`, over the API.
+fn decided_by(
+    token: &approvald::directory::Caller,
+    id: &str,
+    decision: approvald_channel::Decision,
+) -> approvald::engine::DecisionAttempt {
+    approvald::engine::DecisionAttempt {
+        id: id.into(),
+        decision,
+        reason: None,
+        actor: approvald::engine::Actor::Caller {
+            caller: token.clone(),
+            transport: approvald::domain::Transport::Api,
+        },
+    }
 }

@@ -184,14 +184,8 @@ async fn handle_one(ctx: &AppContext, caller: &Caller, item: Value) -> Option<St
             );
         }
     };
-    answer(
-        ctx,
-        caller,
-        &method,
-        Params::Value(params),
-        (!is_notification).then_some(id),
-    )
-    .await
+    let result = dispatch(ctx, caller, &method, Params::Value(params)).await;
+    respond(&method, (!is_notification).then_some(id), result)
 }
 
 /// The envelope of a single request with an id, its params left as text (see
@@ -234,18 +228,6 @@ impl<'a> Envelope<'a> {
 enum Params<'a> {
     Raw(&'a serde_json::value::RawValue),
     Value(Value),
-}
-
-/// Dispatch `method` and answer it (nothing for a notification, which has no `id`).
-async fn answer(
-    ctx: &AppContext,
-    caller: &Caller,
-    method: &str,
-    params: Params<'_>,
-    id: Option<Value>,
-) -> Option<String> {
-    let result = dispatch(ctx, caller, method, params).await;
-    respond(method, id, result)
 }
 
 /// The answer to `method` (nothing for a notification, which has no `id`).

@@ -9,7 +9,6 @@ use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 async fn pending_count(s: &TestServer) -> usize {
     s.call(ADMIN, "tool.approval.list", json!({})).await["items"]
@@ -273,13 +272,7 @@ async fn websocket_rpc_with_notifications_and_sse_events() {
     assert_eq!(unauth.status(), 401);
     let mut sse = sse.bytes_stream();
 
-    let mut req = format!("{}/rpc/ws", s.url.replace("http", "ws"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {GATEWAY}").parse().unwrap(),
-    );
+    let req = s.ws_request(GATEWAY, "");
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     // A waiting request over the socket does not block a second message on it.
     ws.send(Message::text(
@@ -415,16 +408,7 @@ async fn batches_and_notifications() {
 #[tokio::test]
 async fn stream_clients_choose_their_events() {
     let s = TestServer::start("", vec![]).await;
-    let ws_url = |query: &str| {
-        let mut req = format!("{}/rpc/ws{query}", s.url.replace("http", "ws"))
-            .into_client_request()
-            .unwrap();
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {GATEWAY}").parse().unwrap(),
-        );
-        req
-    };
+    let ws_url = |query: &str| s.ws_request(GATEWAY, query);
     let sse = |query: &str| {
         s.http()
             .get(format!("{}/events{query}", s.url))

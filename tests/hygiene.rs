@@ -10,7 +10,6 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn addr(s: &TestServer) -> String {
     s.url.trim_start_matches("http://").to_string()
@@ -64,13 +63,7 @@ async fn streaming_clients_are_capped_and_a_freed_slot_is_reused() {
     let body: Value = third.json().await.unwrap();
     assert_eq!(body["error"]["data"]["kind"], "too_many_clients");
     // The WebSocket shares the cap.
-    let mut req = format!("{}/rpc/ws", s.url.replace("http", "ws"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {GATEWAY}").parse().unwrap(),
-    );
+    let req = s.ws_request(GATEWAY, "");
     assert!(tokio_tungstenite::connect_async(req.clone()).await.is_err());
 
     drop(first);
@@ -90,13 +83,7 @@ async fn shutdown_answers_blocked_callers_at_once_and_their_requests_stay_pendin
     let id = r["id"].as_str().unwrap().to_string();
     let blocked = s.spawn_wait(&id);
 
-    let mut req = format!("{}/rpc/ws", s.url.replace("http", "ws"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {GATEWAY}").parse().unwrap(),
-    );
+    let req = s.ws_request(GATEWAY, "");
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     tokio::time::sleep(Duration::from_millis(100)).await;
 

@@ -10,7 +10,6 @@ use approvald_channel::{TestChannel, Transport};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::*;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const TASKS: &str = r#"
 [budget]
@@ -531,13 +530,7 @@ async fn operators_abort_from_the_queue_and_rpc_and_executors_hear_it_both_ways(
     let (s, chat) = start(BATCH_RULE).await;
 
     // The executor listens on the WebSocket.
-    let mut req = format!("{}/rpc/ws", s.url.replace("http", "ws"))
-        .into_client_request()
-        .unwrap();
-    req.headers_mut().insert(
-        "authorization",
-        format!("Bearer {GATEWAY}").parse().unwrap(),
-    );
+    let req = s.ws_request(GATEWAY, "");
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
 
     // Running task aborted by an admin through the queue endpoint.

@@ -210,6 +210,23 @@ impl TestServer {
         }
     }
 
+    /// The handshake of a WebSocket client of `GET /rpc/ws{query}` holding `token`.
+    pub fn ws_request(
+        &self,
+        token: &str,
+        query: &str,
+    ) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let mut req = format!("{}/rpc/ws{query}", self.url.replace("http", "ws"))
+            .into_client_request()
+            .expect("a WebSocket request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("a header value"),
+        );
+        req
+    }
+
     /// The full JSON-RPC response object.
     pub async fn rpc(&self, token: &str, method: &str, params: Value) -> Value {
         rpc_at(&self.url, token, method, params).await

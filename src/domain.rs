@@ -65,6 +65,22 @@ pub struct Requester {
     pub display_name: Option<String>,
 }
 
+/// A requester with its keys in sorted order, as a `serde_json::Value` writes it: the fold
+/// key was first computed from that text, and stored keys must keep matching.
+struct SortedRequester<'a>(&'a Requester);
+
+impl Serialize for SortedRequester<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        if let Some(name) = &self.0.display_name {
+            map.serialize_entry("display_name", name)?;
+        }
+        map.serialize_entry("id", &self.0.id)?;
+        map.end()
+    }
+}
+
 /// Where the session that asked lives, for `session` delivery (answer where the agent was asked).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Origin {
@@ -131,19 +147,21 @@ impl ApprovalRequest {
     /// another's prompt.
     pub fn fold_key(&self) -> String {
         use sha2::Digest;
-        let parts = serde_json::json!([
-            self.requested_via_token,
-            self.requester,
-            self.agent_id,
-            self.session_key,
-            self.tool,
-            self.command,
-            self.args,
-            self.risk_class,
-            self.summary,
-        ]);
-        // `to_vec` writes the same text as `to_string`, without `fmt`; it cannot fail on a
-        // value. The key is computed for every request, so the hex is written directly too.
+        // The text hashed is a JSON array of these fields, as first written through a
+        // `serde_json::Value` (so a requester's keys in sorted order). Written straight from
+        // the fields now, with no copy of them: the key is computed for every request.
+        let parts = (
+            &self.requested_via_token,
+            self.requester.as_ref().map(SortedRequester),
+            &self.agent_id,
+            &self.session_key,
+            &self.tool,
+            &self.command,
+            &self.args,
+            &self.risk_class,
+            &self.summary,
+        );
+        // Cannot fail: every map key is a string.
         let digest = sha2::Sha256::digest(serde_json::to_vec(&parts).unwrap_or_default());
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let mut key = String::with_capacity(64);
@@ -358,6 +376,18 @@ mod tests {
         assert_eq!(
             req.fold_key(),
             "d9ff63e01feb09899f1c53944be1b262d303fee4b63228588f8272186b718142"
+        );
+        // Absent fields (null in the text), a requester with only an id, a summary.
+        let req: ApprovalRequest = serde_json::from_value(serde_json::json!({
+            "id": "1c9a4d2f-6e8b-4d3c-8f2a-3b4c5d6e7f80", "tool": "http.fetch",
+            "summary": "fetch the page", "risk_class": "low", "requester": { "id": "u2" },
+            "created_at": "2026-11-30T08:00:00Z", "expires_at": "2026-11-30T08:05:00Z",
+            "allowed_decisions": ["approve-once", "deny"],
+        }))
+        .expect("a request");
+        assert_eq!(
+            req.fold_key(),
+            "5ddd7ece5aa7a8ab1f2a8a3c4257149ce607c0373fdbf4ba469e1477fc7caf6f"
         );
     }
 

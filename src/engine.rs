@@ -1316,9 +1316,9 @@ impl ToolApprovalForwarder {
             timer.abort();
         }
         self.inner.hot.remove(&id);
-        let shared = Arc::new(rec.clone());
+        let rec = Arc::new(rec);
         if let Some((_, tx)) = self.inner.waiters.remove(&id) {
-            let _ = tx.send(Some(shared));
+            let _ = tx.send(Some(rec.clone()));
         }
         self.inner.locks.remove(&id);
         let m = &self.inner.metrics;

@@ -21,31 +21,43 @@ pub fn serialize<S: Serializer>(at: &DateTime<Utc>, serializer: S) -> Result<S::
 
 /// Write `at` into `buf`: its length, or `None` for what only chrono writes.
 fn write(at: &DateTime<Utc>, buf: &mut [u8; 30]) -> Option<usize> {
-    let year = at.year();
-    let nanos = at.nanosecond();
+    // Taken apart once: each of `DateTime`'s own accessors converts to local time again.
+    let naive = at.naive_utc();
+    let (date, time) = (naive.date(), naive.time());
+    let year = date.year();
+    let nanos = time.nanosecond();
     if !(0..=9999).contains(&year) || nanos >= 1_000_000_000 {
         return None;
     }
+    let year = year as u32;
     let mut w = Text { buf, len: 0 };
-    w.digits(year as u32, 4);
+    w.two(year / 100);
+    w.two(year % 100);
     w.byte(b'-');
-    w.digits(at.month(), 2);
+    w.two(date.month());
     w.byte(b'-');
-    w.digits(at.day(), 2);
+    w.two(date.day());
     w.byte(b'T');
-    w.digits(at.hour(), 2);
+    w.two(time.hour());
     w.byte(b':');
-    w.digits(at.minute(), 2);
+    w.two(time.minute());
     w.byte(b':');
-    w.digits(at.second(), 2);
+    w.two(time.second());
     if nanos != 0 {
         w.byte(b'.');
-        if nanos.is_multiple_of(1_000_000) {
-            w.digits(nanos / 1_000_000, 3);
-        } else if nanos.is_multiple_of(1_000) {
-            w.digits(nanos / 1_000, 6);
-        } else {
-            w.digits(nanos, 9);
+        let millis = nanos / 1_000_000;
+        w.byte(b'0' + (millis / 100) as u8);
+        w.two(millis % 100);
+        let rest = nanos % 1_000_000;
+        if rest != 0 {
+            let micros = rest / 1_000;
+            w.byte(b'0' + (micros / 100) as u8);
+            w.two(micros % 100);
+            let rest = rest % 1_000;
+            if rest != 0 {
+                w.byte(b'0' + (rest / 100) as u8);
+                w.two(rest % 100);
+            }
         }
     }
     w.byte(b'Z');
@@ -64,13 +76,10 @@ impl Text<'_> {
         self.len += 1;
     }
 
-    /// `n` as exactly `width` decimal digits, zero-padded.
-    fn digits(&mut self, n: u32, width: u32) {
-        let mut div = 10u32.pow(width - 1);
-        for _ in 0..width {
-            self.byte(b'0' + ((n / div) % 10) as u8);
-            div /= 10;
-        }
+    /// `n` (below 100) as two decimal digits.
+    fn two(&mut self, n: u32) {
+        self.byte(b'0' + (n / 10) as u8);
+        self.byte(b'0' + (n % 10) as u8);
     }
 }
 

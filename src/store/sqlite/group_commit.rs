@@ -337,7 +337,9 @@ fn together(
     jobs: &mut Vec<Box<dyn Job>>,
     queued: &mut Joiners<'_>,
 ) -> Result<(), StoreError> {
-    conn.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+    // Cached like every other statement: parsing these two each batch cost more than some
+    // of the writes in it.
+    run_cached(conn, "BEGIN IMMEDIATE")?;
     let mut applied = Ok(());
     let mut next = 0;
     while applied.is_ok() && next < jobs.len() {
@@ -351,11 +353,19 @@ fn together(
             queued(jobs);
         }
     }
-    let done = applied.and_then(|()| conn.execute_batch("COMMIT").map_err(db));
+    let done = applied.and_then(|()| run_cached(conn, "COMMIT"));
     if done.is_err() && !conn.is_autocommit() {
         let _ = conn.execute_batch("ROLLBACK");
     }
     done
+}
+
+/// Run `sql` (no parameters, no rows) as a cached statement.
+fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
+    conn.prepare_cached(sql)
+        .and_then(|mut statement| statement.execute([]))
+        .map(drop)
+        .map_err(db)
 }
 
 /// `Option` of a single-row query: `None` when there is no row.

@@ -39,7 +39,7 @@ mod peers;
 mod view;
 
 pub use execution::{ApproveAnswer, EnqueueTask, ExecutionReport, TaskSnapshot, execution_text};
-pub use view::{ApprovalView, ResultView};
+pub use view::{ApprovalView, ResultView, SharedRecord};
 
 /// What a caller sends to ask for approval (the params of `tool.approval.request`).
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -115,7 +115,7 @@ struct Inner {
     events: EventBus,
     metrics: Metrics,
     /// Callers waiting on a pending request. A cache: the store is the truth.
-    waiters: DashMap<String, watch::Sender<Option<Arc<ApprovalRecord>>>>,
+    waiters: DashMap<String, watch::Sender<Option<Arc<SharedRecord>>>>,
     /// Pending requests a caller is blocked on, as stored, so the decision that usually
     /// follows is checked without reading them back. One instance only: where other
     /// instances share the database (PostgreSQL) it is never filled. Kept in step by
@@ -342,14 +342,26 @@ impl ToolApprovalForwarder {
         new: NewRequest,
         caller: &Caller,
     ) -> Result<ApprovalRecord, ApprovalError> {
+        self.request_and_wait_shared(new, caller)
+            .await
+            .map(SharedRecord::into_record)
+    }
+
+    /// [`Self::request_and_wait`], answered with the record as its decision left it (see
+    /// [`SharedRecord`]).
+    pub async fn request_and_wait_shared(
+        &self,
+        new: NewRequest,
+        caller: &Caller,
+    ) -> Result<Arc<SharedRecord>, ApprovalError> {
         let fold = self.inner.config.limits.fold_identical;
         let (rec, told) = self.create(new, caller, None, fold, true).await?;
         if rec.status != Status::Pending {
-            return Ok(rec);
+            return Ok(SharedRecord::new(rec));
         }
         match told {
             Some(rx) => self.wait_told(rec, rx, None).await,
-            None => self.wait_on(rec, None).await,
+            None => self.wait_on_shared(rec, None).await,
         }
     }
 
@@ -492,7 +504,9 @@ impl ToolApprovalForwarder {
                 why_not: None,
                 token_name: None,
             };
-            rec = Box::pin(self.apply_decision(rec, actor, preset.decision, preset.reason)).await?;
+            rec = Box::pin(self.apply_decision(rec, actor, preset.decision, preset.reason))
+                .await?
+                .into_record();
         } else if let Some(verdict) = verdict {
             // Rules first: a deny or an allow that meets quorum settles it before anyone is asked.
             if let Some(identity) = verdict.identity() {
@@ -506,7 +520,9 @@ impl ToolApprovalForwarder {
                     why_not: None,
                     token_name: None,
                 };
-                rec = Box::pin(self.apply_decision(rec, actor, decision, None)).await?;
+                rec = Box::pin(self.apply_decision(rec, actor, decision, None))
+                    .await?
+                    .into_record();
             }
         }
         if rec.status != Status::Pending {
@@ -670,6 +686,18 @@ impl ToolApprovalForwarder {
         id: &str,
         timeout: Option<Duration>,
     ) -> Result<ApprovalRecord, ApprovalError> {
+        self.wait_shared(id, timeout)
+            .await
+            .map(SharedRecord::into_record)
+    }
+
+    /// [`Self::wait`], answered with the record as its decision left it (see
+    /// [`SharedRecord`]).
+    pub async fn wait_shared(
+        &self,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<Arc<SharedRecord>, ApprovalError> {
         let id = self.resolve_id(id).await?;
         // Subscribe before reading the store: a resolution is written to the store before
         // waiters are told, so one of the two always sees it.
@@ -682,13 +710,13 @@ impl ToolApprovalForwarder {
                 tx.borrow().is_none() && tx.receiver_count() == 0
             });
             let real = rec.request.id.clone();
-            return Box::pin(self.wait(&real, timeout)).await;
+            return Box::pin(self.wait_shared(&real, timeout)).await;
         }
         if rec.status != Status::Pending {
             self.inner.waiters.remove_if(&id, |_, tx| {
                 tx.borrow().is_none() && tx.receiver_count() <= 1
             });
-            return Ok(rec);
+            return Ok(SharedRecord::new(rec));
         }
         self.block_until_settled(id, rx, rec.request.expires_at, timeout)
             .await
@@ -701,13 +729,23 @@ impl ToolApprovalForwarder {
         rec: ApprovalRecord,
         timeout: Option<Duration>,
     ) -> Result<ApprovalRecord, ApprovalError> {
+        self.wait_on_shared(rec, timeout)
+            .await
+            .map(SharedRecord::into_record)
+    }
+
+    async fn wait_on_shared(
+        &self,
+        rec: ApprovalRecord,
+        timeout: Option<Duration>,
+    ) -> Result<Arc<SharedRecord>, ApprovalError> {
         let id = rec.request.id.clone();
         let rx = self.subscribe_waiter(&id);
         // `finish` stops the timer before it empties `hot` and tells waiters: a timer still
         // armed after we subscribed means we will be told.
         if !self.inner.timers.contains_key(&id) {
             self.unsubscribe_waiter(&id, rx);
-            return Box::pin(self.wait(&id, timeout)).await;
+            return Box::pin(self.wait_shared(&id, timeout)).await;
         }
         self.wait_told(rec, rx, timeout).await
     }
@@ -719,7 +757,7 @@ impl ToolApprovalForwarder {
         rec: ApprovalRecord,
         rx: SettledRx,
         timeout: Option<Duration>,
-    ) -> Result<ApprovalRecord, ApprovalError> {
+    ) -> Result<Arc<SharedRecord>, ApprovalError> {
         let id = rec.request.id.clone();
         let expires_at = rec.request.expires_at;
         if !self.inner.config.storage.is_postgres() {
@@ -758,7 +796,7 @@ impl ToolApprovalForwarder {
         mut rx: SettledRx,
         expires_at: DateTime<Utc>,
         timeout: Option<Duration>,
-    ) -> Result<ApprovalRecord, ApprovalError> {
+    ) -> Result<Arc<SharedRecord>, ApprovalError> {
         let until_expiry =
             (expires_at - Utc::now()).to_std().unwrap_or_default() + Duration::from_secs(5);
         let limit = timeout.map_or(until_expiry, |t| t.min(until_expiry));
@@ -774,8 +812,8 @@ impl ToolApprovalForwarder {
             }
         };
         match settled {
-            Some(rec) => Ok((*rec).clone()),
-            None => Box::pin(self.load(&id)).await,
+            Some(rec) => Ok(rec),
+            None => Box::pin(self.load(&id)).await.map(SharedRecord::new),
         }
     }
 
@@ -923,6 +961,17 @@ impl ToolApprovalForwarder {
 
     /// Apply a person's decision. First-wins; refusals change nothing and are audited.
     pub async fn resolve(&self, attempt: DecisionAttempt) -> Result<ApprovalRecord, ApprovalError> {
+        self.resolve_shared(attempt)
+            .await
+            .map(SharedRecord::into_record)
+    }
+
+    /// [`Self::resolve`], answered with the record as the decision left it: the same one a
+    /// caller waiting on the request is answered with (see [`SharedRecord`]).
+    pub async fn resolve_shared(
+        &self,
+        attempt: DecisionAttempt,
+    ) -> Result<Arc<SharedRecord>, ApprovalError> {
         self.resolve_with(attempt, true).await
     }
 
@@ -932,7 +981,7 @@ impl ToolApprovalForwarder {
         &self,
         attempt: DecisionAttempt,
         queued_too: bool,
-    ) -> Result<ApprovalRecord, ApprovalError> {
+    ) -> Result<Arc<SharedRecord>, ApprovalError> {
         let id = self.resolve_id(&attempt.id).await?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
@@ -952,7 +1001,7 @@ impl ToolApprovalForwarder {
             self.inner.locks.remove(&id);
             let mut attempt = attempt;
             attempt.id = rec.request.id.clone();
-            return Box::pin(self.resolve(attempt)).await;
+            return Box::pin(self.resolve_shared(attempt)).await;
         }
         let actor = self.actor(&attempt.actor)?;
 
@@ -988,7 +1037,7 @@ impl ToolApprovalForwarder {
                     && a.decision == attempt.decision
             });
             if repeat && rec.status != Status::Expired {
-                return Ok(rec);
+                return Ok(SharedRecord::new(rec));
             }
             let err = self.final_state_error(&rec);
             return Err(self
@@ -1035,7 +1084,7 @@ impl ToolApprovalForwarder {
             && (previous.decision.is_approval() == attempt.decision.is_approval())
         {
             // Same person again (another surface, a double click): counts once.
-            return Ok(rec);
+            return Ok(SharedRecord::new(rec));
         }
         let Some(queued) = queued else {
             return self
@@ -1068,7 +1117,7 @@ impl ToolApprovalForwarder {
         actor: ResolvedActor,
         decision: Decision,
         reason: Option<String>,
-    ) -> Result<ApprovalRecord, ApprovalError> {
+    ) -> Result<Arc<SharedRecord>, ApprovalError> {
         match self
             .apply_decision_with(rec, actor, decision, reason, None)
             .await?
@@ -1091,7 +1140,7 @@ impl ToolApprovalForwarder {
         decision: Decision,
         reason: Option<String>,
         queued: Option<HandoverRx>,
-    ) -> Result<Option<ApprovalRecord>, ApprovalError> {
+    ) -> Result<Option<Arc<SharedRecord>>, ApprovalError> {
         let id = rec.request.id.clone();
         let approval = Approval {
             approver: actor.identity.clone(),
@@ -1163,7 +1212,9 @@ impl ToolApprovalForwarder {
         match write {
             DecisionWrite::Recorded => {}
             DecisionWrite::ApproverAlreadyDecided => {
-                return Box::pin(self.load(&id)).await.map(Some);
+                return Box::pin(self.load(&id))
+                    .await
+                    .map(|rec| Some(SharedRecord::new(rec)));
             }
             DecisionWrite::NotPending => {
                 let now = Box::pin(self.load(&id)).await?;
@@ -1195,10 +1246,7 @@ impl ToolApprovalForwarder {
             now
         };
         match resolution {
-            Some(resolution) => {
-                self.finish(rec.clone(), &resolution, false).await;
-                Ok(Some(rec))
-            }
+            Some(resolution) => Ok(Some(self.finish(rec, &resolution, false).await)),
             None => {
                 if let Some(mut copy) = self.inner.hot.get_mut(&id) {
                     *copy = Arc::new(rec.clone());
@@ -1209,7 +1257,7 @@ impl ToolApprovalForwarder {
                     &json!({ "approval": self.approval_view(&rec), "progress": progress }),
                 );
                 self.edit_all(&rec, TemplateKind::Request);
-                Ok(Some(rec))
+                Ok(Some(SharedRecord::new(rec)))
             }
         }
     }
@@ -1307,7 +1355,14 @@ impl ToolApprovalForwarder {
 
     /// Everything that follows a final verdict: wake waiters, stop the timer, count, audit,
     /// announce, edit every prompt, and add a standing rule for approve-always.
-    async fn finish(&self, rec: ApprovalRecord, resolution: &Resolution, from_timer: bool) {
+    /// Settle `rec` here: stop its timer, answer its waiters, count, announce, edit prompts.
+    /// The record as its waiters were answered with it.
+    async fn finish(
+        &self,
+        rec: ApprovalRecord,
+        resolution: &Resolution,
+        from_timer: bool,
+    ) -> Arc<SharedRecord> {
         let id = rec.request.id.clone();
         // The timer goes first: `wait_on` counts on an armed timer meaning "not told yet".
         if let Some((_, timer)) = self.inner.timers.remove(&id)
@@ -1316,7 +1371,7 @@ impl ToolApprovalForwarder {
             timer.abort();
         }
         self.inner.hot.remove(&id);
-        let rec = Arc::new(rec);
+        let rec = SharedRecord::new(rec);
         if let Some((_, tx)) = self.inner.waiters.remove(&id) {
             let _ = tx.send(Some(rec.clone()));
         }
@@ -1347,7 +1402,8 @@ impl ToolApprovalForwarder {
         };
         let kind = TemplateKind::outcome(rec.status);
         tracing::info!(id = %id, verdict = resolution.verdict.as_str(), by = ?resolution.decided_by.as_ref().map(|d| &d.approver_id), "approval resolved");
-        self.inner.events.publish(method, &ResultView(&rec));
+        // The same text its waiters and the decider are answered with.
+        self.inner.events.publish(method, &*rec);
         self.edit_all(&rec, kind);
 
         if resolution.verdict == Verdict::Timeout {
@@ -1358,6 +1414,7 @@ impl ToolApprovalForwarder {
         {
             Box::pin(self.add_standing_rule(&rec.request, by)).await;
         }
+        rec
     }
 
     /// Approve-always: from now on, the same ask is approved by a standing rule.
@@ -2129,7 +2186,7 @@ impl Default for Storing {
 }
 
 /// Told the record once its request is settled (see `ToolApprovalForwarder::subscribe_waiter`).
-type SettledRx = watch::Receiver<Option<Arc<ApprovalRecord>>>;
+type SettledRx = watch::Receiver<Option<Arc<SharedRecord>>>;
 
 /// How long a decision on an id never seen waits for its request to arrive before it is
 /// answered `unknown_id` (see `load_stored`).

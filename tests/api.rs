@@ -196,17 +196,20 @@ async fn wait_blocks_until_resolution_and_get_list_paginate() {
     let waiter = s.spawn_wait(&id);
     tokio::time::sleep(Duration::from_millis(150)).await;
     assert!(!waiter.is_finished());
-    s.call(
-        ALICE,
-        "tool.approval.resolve",
-        json!({ "id": id, "decision": "approve" }),
-    )
-    .await;
+    let decided = s
+        .call(
+            ALICE,
+            "tool.approval.resolve",
+            json!({ "id": id, "decision": "approve" }),
+        )
+        .await;
     let answer = tokio::time::timeout(Duration::from_secs(5), waiter)
         .await
         .unwrap()
         .unwrap();
     assert_eq!(answer["result"]["status"], "approved");
+    // The waiting caller and the decider are told the same outcome.
+    assert_eq!(answer["result"], decided);
     assert_eq!(
         answer["result"]["approvals"][0]["approver"]["person"],
         "alice"

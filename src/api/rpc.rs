@@ -16,7 +16,7 @@ use super::{AppContext, authenticate};
 use crate::config::TokenScope;
 use crate::directory::Caller;
 use crate::domain::{ApproverIdentity, Decision, Status, Transport};
-use crate::engine::{Actor, DecisionAttempt, NewRequest, ResultView};
+use crate::engine::{Actor, DecisionAttempt, NewRequest, ResultView, SharedRecord};
 use crate::error::ApprovalError;
 use crate::events::json_text;
 use crate::store::{AuditQuery, ListQuery};
@@ -72,6 +72,8 @@ fn error_object(err: &ApprovalError, id: Value) -> Value {
 enum Answer {
     Value(Value),
     Text(Box<serde_json::value::RawValue>),
+    /// A record whose answer text may already be written (for a caller waiting on it).
+    Shared(std::sync::Arc<SharedRecord>),
 }
 
 impl Answer {
@@ -90,6 +92,7 @@ impl serde::Serialize for Answer {
         match self {
             Self::Value(v) => v.serialize(serializer),
             Self::Text(text) => text.serialize(serializer),
+            Self::Shared(rec) => rec.serialize(serializer),
         }
     }
 }
@@ -346,18 +349,19 @@ async fn dispatch(
         "tool.approval.request" => {
             caller.require(TokenScope::Request)?;
             let new: NewRequest = parse(params)?;
-            let rec = match new.wait.unwrap_or(true) {
-                true => engine.request_and_wait(new, caller).await?,
-                false => engine.request(new, caller).await?,
-            };
-            Ok(Answer::record(&rec))
+            match new.wait.unwrap_or(true) {
+                true => Ok(Answer::Shared(
+                    engine.request_and_wait_shared(new, caller).await?,
+                )),
+                false => Ok(Answer::record(&engine.request(new, caller).await?)),
+            }
         }
         "tool.approval.wait" => {
             let p: IdParams = parse(params)?;
             let rec = engine
-                .wait(&p.id, p.timeout_ms.map(Duration::from_millis))
+                .wait_shared(&p.id, p.timeout_ms.map(Duration::from_millis))
                 .await?;
-            Ok(Answer::record(&rec))
+            Ok(Answer::Shared(rec))
         }
         "tool.approval.resolve" => {
             let p: ResolveParams = parse(params)?;
@@ -393,14 +397,14 @@ async fn dispatch(
                 }
             };
             let rec = engine
-                .resolve(DecisionAttempt {
+                .resolve_shared(DecisionAttempt {
                     id: p.id,
                     decision,
                     reason: p.reason,
                     actor,
                 })
                 .await?;
-            Ok(Answer::record(&rec))
+            Ok(Answer::Shared(rec))
         }
         _ => Box::pin(dispatch_value(ctx, caller, method, params))
             .await

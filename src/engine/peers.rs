@@ -14,7 +14,7 @@ use approvald_channel::InboundSink;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::ToolApprovalForwarder;
+use super::{SharedRecord, ToolApprovalForwarder};
 use crate::domain::{ApprovalRecord, Status};
 use crate::events;
 
@@ -156,7 +156,7 @@ impl ToolApprovalForwarder {
         let id = rec.request.id.clone();
         self.stop_timing(&id);
         if let Some((_, tx)) = self.inner.waiters.remove(&id) {
-            let _ = tx.send(Some(Arc::new(rec)));
+            let _ = tx.send(Some(SharedRecord::new(rec)));
         }
     }
 

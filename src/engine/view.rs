@@ -4,7 +4,10 @@
 //! a `serde_json::Value` first (a map per object, a string per date) and then writing it out
 //! cost more than the rest of answering together.
 
+use std::sync::{Arc, OnceLock};
+
 use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 
 use crate::domain::{Approval, ApprovalRecord};
 
@@ -18,6 +21,58 @@ pub struct ResultView<'a>(pub &'a ApprovalRecord);
 pub struct ApprovalView<'a> {
     pub record: &'a ApprovalRecord,
     pub progress: Option<String>,
+}
+
+/// A record handed to more than one answer at once: the caller blocked on a request and the
+/// person whose decision settled it are answered from the same record, so its answer text
+/// ([`ResultView`]) is written once, by whichever answer goes first, and the record is not
+/// copied for each.
+#[derive(Debug)]
+pub struct SharedRecord {
+    record: ApprovalRecord,
+    answer: OnceLock<Option<Box<RawValue>>>,
+}
+
+impl SharedRecord {
+    pub fn new(record: ApprovalRecord) -> Arc<Self> {
+        Arc::new(Self {
+            record,
+            answer: OnceLock::new(),
+        })
+    }
+
+    /// The record as [`ResultView`] text (`None` cannot happen: every key is a string).
+    pub fn answer_text(&self) -> Option<&RawValue> {
+        self.answer
+            .get_or_init(|| serde_json::value::to_raw_value(&ResultView(&self.record)).ok())
+            .as_deref()
+    }
+
+    /// The record itself, copied only if another answer still holds it.
+    pub fn into_record(self: Arc<Self>) -> ApprovalRecord {
+        match Arc::try_unwrap(self) {
+            Ok(shared) => shared.record,
+            Err(shared) => shared.record.clone(),
+        }
+    }
+}
+
+/// Serialises as its answer text ([`ResultView`]), written once.
+impl Serialize for SharedRecord {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.answer_text() {
+            Some(text) => text.serialize(serializer),
+            None => ResultView(&self.record).serialize(serializer),
+        }
+    }
+}
+
+impl std::ops::Deref for SharedRecord {
+    type Target = ApprovalRecord;
+
+    fn deref(&self) -> &ApprovalRecord {
+        &self.record
+    }
 }
 
 /// A date as [`crate::rfc3339`] writes it.
@@ -185,5 +240,19 @@ mod tests {
             })["progress"],
             Value::Null
         );
+    }
+
+    #[test]
+    fn a_shared_record_answers_with_its_result_view_written_once() {
+        let shared = SharedRecord::new(record());
+        assert_eq!(text(&*shared), text(&ResultView(&record())));
+        // Both answers get the one text (the caller's and the decider's).
+        let first = shared.answer_text().expect("text");
+        let second = shared.answer_text().expect("text");
+        assert!(std::ptr::eq(first, second));
+        // Held by another answer: the record is copied out, and the copy is the record.
+        let other = shared.clone();
+        assert_eq!(shared.into_record(), record());
+        assert_eq!(other.into_record(), record());
     }
 }

@@ -1605,7 +1605,8 @@ fn with_database_replaces_only_the_name() {
 
 /// A database written before migration 0006 (decisions and audit lines keyed by the request's
 /// id alone) keeps every decision and audit line across the upgrade, and the database still
-/// refuses a second decision by the same person.
+/// refuses a second decision by the same person. Audit lines keep their numbers through 0009
+/// (which drops AUTOINCREMENT), and the next line is numbered one more than the last.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_upgrade_to_time_ordered_keys_keeps_decisions_and_audit() {
     // Rows written by today's store, copied into a database that has only migrations 1-5.
@@ -1701,6 +1702,7 @@ async fn sqlite_upgrade_to_time_ordered_keys_keeps_decisions_and_audit() {
         .await
         .expect("all");
     assert_eq!(all.len(), 4, "every line, the one about no request too");
+    let last_seq = all.iter().map(|l| l.seq).max().expect("lines");
     // Still one decision per person; a new one goes after the migrated one.
     let again = store
         .record_decision(
@@ -1732,5 +1734,11 @@ async fn sqlite_upgrade_to_time_ordered_keys_keeps_decisions_and_audit() {
         .map(|a| a.approver.approver_id.as_str())
         .collect();
     assert_eq!(who, ["person:alice", "person:bob"]);
-    assert_eq!(audit_of(&store, &decided.id).await.len(), 3);
+    let lines = audit_of(&store, &decided.id).await;
+    assert_eq!(lines.len(), 3);
+    assert_eq!(
+        lines[2].seq,
+        last_seq + 1,
+        "numbering goes on after the last line"
+    );
 }

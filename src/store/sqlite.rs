@@ -957,6 +957,8 @@ mod tests {
             group_commit::SETTLE_ROW,
             group_commit::INSERT_DECISION,
             group_commit::INSERT_AUDIT,
+            group_commit::FOLD_CHECK,
+            group_commit::DECISION_READ,
         ] {
             let mut plan = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
             let mut rows = plan.raw_query();

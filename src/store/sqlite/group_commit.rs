@@ -23,13 +23,14 @@
 //! every write in it is retried in a transaction of its own, so one bad write cannot fail the
 //! others.
 
+use std::cell::{OnceCell, RefCell, RefMut};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rusqlite::{Connection, params};
+use rusqlite::{Connection, Statement, params};
 use tokio::sync::oneshot;
 
 use crate::audit::AuditEntry;
@@ -64,6 +65,15 @@ pub(super) const INSERT_AUDIT: &str =
     "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at)
      VALUES (?1, ?2, ?3, ?4, ?5,
              coalesce(?6, (SELECT created_at FROM approvals WHERE id = ?2)))";
+/// Whether an identical request is pending (see [`insert`]).
+pub(super) const FOLD_CHECK: &str = "SELECT 1 FROM approvals INDEXED BY approvals_fold
+     WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2";
+/// What a decision needs of its request: creation time, pending, decisions so far, row.
+pub(super) const DECISION_READ: &str = "SELECT a.created_at, a.status = 'pending',
+            (SELECT COUNT(*) FROM decisions
+             WHERE approval_created_at = a.created_at AND approval_id = a.id),
+            a.rowid
+     FROM approvals a WHERE a.id = ?1";
 pub(super) const INSERT_DECISION: &str =
     "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq, approval_json)
      VALUES (?1, ?2, ?3, ?4, ?5)
@@ -84,10 +94,90 @@ pub(super) struct NewRow {
     pub fanout: bool,
 }
 
+/// The statements every request and decision runs (see [`Writer`]).
+#[derive(Clone, Copy)]
+enum Hot {
+    Begin,
+    Commit,
+    FoldCheck,
+    InsertRequest,
+    InsertAudit,
+    DecisionRead,
+    InsertDecision,
+    Settle,
+    SettleRow,
+}
+
+impl Hot {
+    const COUNT: usize = 9;
+
+    fn sql(self) -> &'static str {
+        match self {
+            Hot::Begin => "BEGIN IMMEDIATE",
+            Hot::Commit => "COMMIT",
+            Hot::FoldCheck => FOLD_CHECK,
+            Hot::InsertRequest => INSERT_REQUEST,
+            Hot::InsertAudit => INSERT_AUDIT,
+            Hot::DecisionRead => DECISION_READ,
+            Hot::InsertDecision => INSERT_DECISION,
+            Hot::Settle => SETTLE,
+            Hot::SettleRow => SETTLE_ROW,
+        }
+    }
+}
+
+/// The writing connection, as every write gets it, with the statements of every request and
+/// decision prepared once and kept (each on its first use). rusqlite's own statement cache
+/// hashes a statement's whole text twice per use and clears its bindings: about 9,000
+/// instructions per request and decision (callgrind, `approvald-bench cycle`). Everything
+/// else a write does goes to the connection (`Deref`), through that cache.
+pub(super) struct Writer<'c> {
+    conn: &'c Connection,
+    hot: [OnceCell<RefCell<Statement<'c>>>; Hot::COUNT],
+}
+
+impl<'c> Writer<'c> {
+    fn new(conn: &'c Connection) -> Self {
+        Self {
+            conn,
+            hot: std::array::from_fn(|_| OnceCell::new()),
+        }
+    }
+
+    /// `which`, prepared on its first use. One write at a time on this thread, and no
+    /// statement used inside another's use, so it is never borrowed twice.
+    fn statement(&self, which: Hot) -> Result<RefMut<'_, Statement<'c>>, StoreError> {
+        let cell = &self.hot[which as usize];
+        let prepared = match cell.get() {
+            Some(prepared) => prepared,
+            None => {
+                let statement = self.conn.prepare(which.sql()).map_err(db)?;
+                cell.get_or_init(|| RefCell::new(statement))
+            }
+        };
+        prepared
+            .try_borrow_mut()
+            .map_err(|_| StoreError(format!("statement in use twice: {}", which.sql())))
+    }
+
+    /// Run `which` (no rows).
+    fn run(&self, which: Hot) -> Result<(), StoreError> {
+        self.statement(which)?.execute([]).map(drop).map_err(db)
+    }
+}
+
+impl std::ops::Deref for Writer<'_> {
+    type Target = Connection;
+
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
 /// One queued write: applied inside the batch's transaction, answered once it committed.
 trait Job: Send {
     /// Apply the write; its answer is kept until the transaction's end.
-    fn apply(&mut self, conn: &Connection) -> Result<(), StoreError>;
+    fn apply(&mut self, w: &Writer<'_>) -> Result<(), StoreError>;
     /// Answer the caller: the kept answer if the transaction committed, else `failed`.
     fn answer(self: Box<Self>, failed: Option<StoreError>);
 }
@@ -101,10 +191,10 @@ struct Queued<T, F> {
 impl<T, F> Job for Queued<T, F>
 where
     T: Send,
-    F: FnMut(&Connection) -> Result<T, StoreError> + Send,
+    F: FnMut(&Writer<'_>) -> Result<T, StoreError> + Send,
 {
-    fn apply(&mut self, conn: &Connection) -> Result<(), StoreError> {
-        self.answer = Some((self.work)(conn)?);
+    fn apply(&mut self, w: &Writer<'_>) -> Result<(), StoreError> {
+        self.answer = Some((self.work)(w)?);
         Ok(())
     }
 
@@ -202,7 +292,7 @@ impl GroupCommit {
     pub async fn write<T, F>(&self, work: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnMut(&Connection) -> Result<T, StoreError> + Send + 'static,
+        F: FnMut(&Writer<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         let job = Box::new(Queued {
@@ -234,6 +324,7 @@ fn write_loop(
     catch_up_asked: &AtomicU64,
     written: &AtomicU64,
 ) {
+    let writer = Writer::new(&conn);
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut seen = 0;
     while let Ok(first) = rx.recv() {
@@ -253,7 +344,7 @@ fn write_loop(
             }
         };
         queued(&mut batch);
-        let writes = write_batch(&conn, &mut batch, &mut queued);
+        let writes = write_batch(&writer, &mut batch, &mut queued);
         written.fetch_add(writes as u64, Ordering::Relaxed);
         let asked = catch_up_asked.load(Ordering::Relaxed);
         if asked != seen {
@@ -294,15 +385,11 @@ fn catch_up(conn: &Connection) {
 /// Write `batch` (emptied) in one transaction, or each on its own if that fails. Writes that
 /// queue while the batch is being applied join it (`queued`) before the commit. How many
 /// writes that was.
-fn write_batch(
-    conn: &Connection,
-    batch: &mut Vec<Box<dyn Job>>,
-    queued: &mut Joiners<'_>,
-) -> usize {
+fn write_batch(w: &Writer<'_>, batch: &mut Vec<Box<dyn Job>>, queued: &mut Joiners<'_>) -> usize {
     if batch.is_empty() {
         return 0;
     }
-    let result = together(conn, batch, queued);
+    let result = together(w, batch, queued);
     let writes = batch.len();
     match result {
         Ok(()) => batch.drain(..).for_each(|job| job.answer(None)),
@@ -312,7 +399,7 @@ fn write_batch(
             }
             for job in batch.drain(..) {
                 let mut alone = vec![job];
-                let failed = together(conn, &mut alone, &mut |_| {}).err();
+                let failed = together(w, &mut alone, &mut |_| {}).err();
                 if let Some(job) = alone.pop() {
                     job.answer(failed);
                 }
@@ -333,39 +420,31 @@ type Joiners<'a> = dyn FnMut(&mut Vec<Box<dyn Job>>) + 'a;
 /// applied (under load a commit is the most expensive part of a write: the writes that
 /// arrive meanwhile share it instead of waiting for the next); rolled back if any fails.
 fn together(
-    conn: &Connection,
+    w: &Writer<'_>,
     jobs: &mut Vec<Box<dyn Job>>,
     queued: &mut Joiners<'_>,
 ) -> Result<(), StoreError> {
-    // Cached like every other statement: parsing these two each batch cost more than some
-    // of the writes in it.
-    run_cached(conn, "BEGIN IMMEDIATE")?;
+    // Prepared once like the writes: parsing these two each batch cost more than some of the
+    // writes in it.
+    w.run(Hot::Begin)?;
     let mut applied = Ok(());
     let mut next = 0;
     while applied.is_ok() && next < jobs.len() {
         // A write that panics fails alone (the batch is retried without it) instead of
         // taking the writer thread, and every later write, down with it.
         let job = &mut jobs[next];
-        applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.apply(conn)))
+        applied = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job.apply(w)))
             .unwrap_or_else(|_| Err(StoreError("a write failed unexpectedly (panicked)".into())));
         next += 1;
         if next == jobs.len() {
             queued(jobs);
         }
     }
-    let done = applied.and_then(|()| run_cached(conn, "COMMIT"));
-    if done.is_err() && !conn.is_autocommit() {
-        let _ = conn.execute_batch("ROLLBACK");
+    let done = applied.and_then(|()| w.run(Hot::Commit));
+    if done.is_err() && !w.is_autocommit() {
+        let _ = w.execute_batch("ROLLBACK");
     }
     done
-}
-
-/// Run `sql` (no parameters, no rows) as a cached statement.
-fn run_cached(conn: &Connection, sql: &str) -> Result<(), StoreError> {
-    conn.prepare_cached(sql)
-        .and_then(|mut statement| statement.execute([]))
-        .map(drop)
-        .map_err(db)
 }
 
 /// `Option` of a single-row query: `None` when there is no row.
@@ -407,11 +486,11 @@ impl AuditRow {
 /// Append `rows` to the audit trail. `request`: the id and creation time of the request the
 /// write is about, known to the write, so its lines need not look it up in the id index.
 pub(super) fn audit(
-    conn: &Connection,
+    w: &Writer<'_>,
     rows: &[AuditRow],
     request: Option<(&str, i64)>,
 ) -> Result<(), StoreError> {
-    let mut insert = conn.prepare_cached(INSERT_AUDIT).map_err(db)?;
+    let mut insert = w.statement(Hot::InsertAudit)?;
     for row in rows {
         let known = request
             .filter(|(id, _)| row.approval_id.as_deref() == Some(*id))
@@ -432,23 +511,22 @@ pub(super) fn audit(
 
 /// Settle `id` if it is still pending: whether it was.
 pub(super) fn settle(
-    conn: &Connection,
+    w: &Writer<'_>,
     id: &str,
     resolution: &Resolution,
 ) -> Result<bool, StoreError> {
-    settle_with(conn, SETTLE, id, resolution)
+    settle_with(w, Hot::Settle, id, resolution)
 }
 
 /// [`settle`] with `statement` ([`SETTLE`] or [`SETTLE_ROW`]) and its key.
 fn settle_with(
-    conn: &Connection,
-    statement: &str,
+    w: &Writer<'_>,
+    statement: Hot,
     key: impl rusqlite::ToSql,
     resolution: &Resolution,
 ) -> Result<bool, StoreError> {
-    let changed = conn
-        .prepare_cached(statement)
-        .map_err(db)?
+    let changed = w
+        .statement(statement)?
         .execute(params![
             key,
             resolution.verdict.status().as_str(),
@@ -468,26 +546,21 @@ fn settle_with(
 /// server's CPU in `approvald-bench cycle`). This transaction holds the only writer, so
 /// nothing can come between the check and the insert.
 pub(super) fn insert(
-    conn: &Connection,
+    w: &Writer<'_>,
     row: &NewRow,
     audits: &[AuditRow],
 ) -> Result<bool, StoreError> {
     if let Some(fold_key) = &row.fold_key {
-        let folded = conn
-            .prepare_cached(
-                "SELECT 1 FROM approvals INDEXED BY approvals_fold
-                 WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2",
-            )
-            .map_err(db)?
+        let folded = w
+            .statement(Hot::FoldCheck)?
             .exists(params![fold_key, row.now])
             .map_err(db)?;
         if folded {
             return Ok(false);
         }
     }
-    let changed = conn
-        .prepare_cached(INSERT_REQUEST)
-        .map_err(db)?
+    let changed = w
+        .statement(Hot::InsertRequest)?
         .execute(params![
             row.id,
             row.tool,
@@ -502,7 +575,7 @@ pub(super) fn insert(
         ])
         .map_err(db)?;
     if changed == 1 {
-        audit(conn, audits, Some((&row.id, row.created_at)))?;
+        audit(w, audits, Some((&row.id, row.created_at)))?;
     }
     Ok(changed == 1)
 }
@@ -512,7 +585,7 @@ pub(super) fn insert(
 /// stored, or another one is).
 #[allow(clippy::too_many_arguments)]
 pub(super) fn decide(
-    conn: &Connection,
+    w: &Writer<'_>,
     id: &str,
     created_at: Option<i64>,
     approver_key: &str,
@@ -521,24 +594,14 @@ pub(super) fn decide(
     audits: &[AuditRow],
 ) -> Result<DecisionWrite, StoreError> {
     // Read first, then a plain insert, for the reasons given at `insert`.
-    let request = optional(
-        conn.prepare_cached(
-            "SELECT a.created_at, a.status = 'pending',
-                    (SELECT COUNT(*) FROM decisions
-                     WHERE approval_created_at = a.created_at AND approval_id = a.id),
-                    a.rowid
-             FROM approvals a WHERE a.id = ?1",
-        )
-        .map_err(db)?
-        .query_row([id], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, bool>(1)?,
-                r.get::<_, i64>(2)?,
-                r.get::<_, i64>(3)?,
-            ))
-        }),
-    )?;
+    let request = optional(w.statement(Hot::DecisionRead)?.query_row([id], |r| {
+        Ok((
+            r.get::<_, i64>(0)?,
+            r.get::<_, bool>(1)?,
+            r.get::<_, i64>(2)?,
+            r.get::<_, i64>(3)?,
+        ))
+    }))?;
     if let Some(expected) = created_at
         && request.is_none_or(|(stored, ..)| stored != expected)
     {
@@ -547,9 +610,8 @@ pub(super) fn decide(
     let Some((created_at, true, decided_before, row)) = request else {
         return Ok(DecisionWrite::NotPending);
     };
-    let changed = conn
-        .prepare_cached(INSERT_DECISION)
-        .map_err(db)?
+    let changed = w
+        .statement(Hot::InsertDecision)?
         .execute(params![
             created_at,
             id,
@@ -564,26 +626,26 @@ pub(super) fn decide(
     // The read saw it pending and this transaction holds the only writer, so the settle
     // cannot lose; if it did, the batch is retried write by write.
     if let Some(r) = resolution
-        && !settle_with(conn, SETTLE_ROW, row, r)?
+        && !settle_with(w, Hot::SettleRow, row, r)?
     {
         return Err(StoreError(format!(
             "a decision on {id} was recorded but its request did not settle"
         )));
     }
-    audit(conn, audits, Some((id, created_at)))?;
+    audit(w, audits, Some((id, created_at)))?;
     Ok(DecisionWrite::Recorded)
 }
 
 /// Settle a pending request without a decision (timeout): whether it was still pending.
 pub(super) fn resolve(
-    conn: &Connection,
+    w: &Writer<'_>,
     id: &str,
     resolution: &Resolution,
     audits: &[AuditRow],
 ) -> Result<bool, StoreError> {
-    let settled = settle(conn, id, resolution)?;
+    let settled = settle(w, id, resolution)?;
     if settled {
-        audit(conn, audits, None)?;
+        audit(w, audits, None)?;
     }
     Ok(settled)
 }

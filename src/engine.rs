@@ -734,6 +734,7 @@ impl ToolApprovalForwarder {
             .map(SharedRecord::into_record)
     }
 
+    /// [`Self::wait_on`], answered with the record as its decision left it.
     async fn wait_on_shared(
         &self,
         rec: ApprovalRecord,

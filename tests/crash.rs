@@ -55,7 +55,13 @@ async fn kill_dash_nine_with_a_thousand_pending_and_resolutions_in_flight() {
 
     let mut daemon = Daemon::start(&config, &url);
     daemon.ready().await;
-    let http = reqwest::Client::new();
+    // Every call is bounded: one caught by the kill must end (as a failure), never hang the
+    // test. Seen once on CI: the resolutions still in flight at the kill never finished, with
+    // no connection or timer left to wake them. Above the 15 s waits below.
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("an HTTP client");
 
     // 1,000 long requests and a few that expire soon after the restart.
     let created: Vec<(usize, Value)> = futures::stream::iter(0..PENDING + SHORT)

@@ -16,7 +16,7 @@ use super::{AppContext, authenticate};
 use crate::config::TokenScope;
 use crate::directory::Caller;
 use crate::domain::{ApproverIdentity, Decision, Status, Transport};
-use crate::engine::{Actor, DecisionAttempt, NewRequest, ResultView, SharedRecord};
+use crate::engine::{Actor, DecisionAttempt, NewRequest, SharedRecord};
 use crate::error::ApprovalError;
 use crate::events::json_text;
 use crate::store::{AuditQuery, ListQuery};
@@ -68,31 +68,19 @@ fn error_object(err: &ApprovalError, id: Value) -> Value {
     })
 }
 
-/// What a method answers: a JSON value, or a record serialised straight to text.
+/// What a method answers: a JSON value, or a record serialised straight to text as callers
+/// are answered about it ([`crate::engine::ResultView`]), written once however many answers
+/// share it (a caller waiting on a request and the decider).
 enum Answer {
     Value(Value),
-    Text(Box<serde_json::value::RawValue>),
-    /// A record whose answer text may already be written (for a caller waiting on it).
-    Shared(std::sync::Arc<SharedRecord>),
-}
-
-impl Answer {
-    /// The record as callers are answered about it ([`ResultView`]).
-    fn record(rec: &crate::domain::ApprovalRecord) -> Self {
-        match serde_json::value::to_raw_value(&ResultView(rec)) {
-            Ok(text) => Self::Text(text),
-            // Cannot happen (every key is a string); the value form says the same.
-            Err(_) => Self::Value(crate::engine::result_json(rec)),
-        }
-    }
+    Record(std::sync::Arc<SharedRecord>),
 }
 
 impl serde::Serialize for Answer {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
             Self::Value(v) => v.serialize(serializer),
-            Self::Text(text) => text.serialize(serializer),
-            Self::Shared(rec) => rec.serialize(serializer),
+            Self::Record(rec) => rec.serialize(serializer),
         }
     }
 }
@@ -350,10 +338,12 @@ async fn dispatch(
             caller.require(TokenScope::Request)?;
             let new: NewRequest = parse(params)?;
             match new.wait.unwrap_or(true) {
-                true => Ok(Answer::Shared(
+                true => Ok(Answer::Record(
                     engine.request_and_wait_shared(new, caller).await?,
                 )),
-                false => Ok(Answer::record(&engine.request(new, caller).await?)),
+                false => Ok(Answer::Record(SharedRecord::new(
+                    engine.request(new, caller).await?,
+                ))),
             }
         }
         "tool.approval.wait" => {
@@ -361,7 +351,7 @@ async fn dispatch(
             let rec = engine
                 .wait_shared(&p.id, p.timeout_ms.map(Duration::from_millis))
                 .await?;
-            Ok(Answer::Shared(rec))
+            Ok(Answer::Record(rec))
         }
         "tool.approval.resolve" => {
             let p: ResolveParams = parse(params)?;
@@ -404,7 +394,7 @@ async fn dispatch(
                     actor,
                 })
                 .await?;
-            Ok(Answer::Shared(rec))
+            Ok(Answer::Record(rec))
         }
         _ => Box::pin(dispatch_value(ctx, caller, method, params))
             .await

@@ -951,15 +951,7 @@ mod tests {
         assert!(bogus.is_err(), "an unknown status was stored");
         // The writer's own statements (not copies): a temporary table or index there is
         // built at every request, settle or decision.
-        for sql in [
-            group_commit::INSERT_REQUEST,
-            group_commit::SETTLE,
-            group_commit::SETTLE_ROW,
-            group_commit::INSERT_DECISION,
-            group_commit::INSERT_AUDIT,
-            group_commit::FOLD_CHECK,
-            group_commit::DECISION_READ,
-        ] {
+        for sql in group_commit::hot_statements() {
             let mut plan = conn.prepare(&format!("EXPLAIN {sql}")).expect("explain");
             let mut rows = plan.raw_query();
             let mut ops = Vec::new();

@@ -46,35 +46,33 @@ const MAX_BATCH: usize = 256;
 /// load.
 pub(super) const CATCH_UP_FRAMES: i64 = 16_384;
 
-/// The writes every request and decision makes, named so that a test can check what SQLite
-/// makes of them (no temporary table or index, see `insert`): a new request, a settle, a
-/// decision.
-pub(super) const INSERT_REQUEST: &str = "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
+/// The statements every request and decision runs, kept prepared by [`Writer`] (see [`Hot`];
+/// a test checks what SQLite makes of each: no temporary table or index, see `insert`): a new
+/// request, a settle, a decision.
+const INSERT_REQUEST: &str = "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
      VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
      ON CONFLICT (id) DO NOTHING";
-pub(super) const SETTLE: &str =
-    "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
+const SETTLE: &str = "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
      WHERE id = ?1 AND status = 'pending'";
 /// [`SETTLE`] by the row a decision has just read: no second search of the id index.
-pub(super) const SETTLE_ROW: &str =
-    "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
+const SETTLE_ROW: &str = "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
      WHERE rowid = ?1 AND status = 'pending'";
 /// An audit line, with the creation time of the request it is about: `?6` when the write
 /// knows it, else looked up (NULL for none; `coalesce` looks only when `?6` is NULL).
-pub(super) const INSERT_AUDIT: &str =
+const INSERT_AUDIT: &str =
     "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at)
      VALUES (?1, ?2, ?3, ?4, ?5,
              coalesce(?6, (SELECT created_at FROM approvals WHERE id = ?2)))";
 /// Whether an identical request is pending (see [`insert`]).
-pub(super) const FOLD_CHECK: &str = "SELECT 1 FROM approvals INDEXED BY approvals_fold
+const FOLD_CHECK: &str = "SELECT 1 FROM approvals INDEXED BY approvals_fold
      WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2";
 /// What a decision needs of its request: creation time, pending, decisions so far, row.
-pub(super) const DECISION_READ: &str = "SELECT a.created_at, a.status = 'pending',
+const DECISION_READ: &str = "SELECT a.created_at, a.status = 'pending',
             (SELECT COUNT(*) FROM decisions
              WHERE approval_created_at = a.created_at AND approval_id = a.id),
             a.rowid
      FROM approvals a WHERE a.id = ?1";
-pub(super) const INSERT_DECISION: &str =
+const INSERT_DECISION: &str =
     "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq, approval_json)
      VALUES (?1, ?2, ?3, ?4, ?5)
      ON CONFLICT DO NOTHING";
@@ -109,7 +107,18 @@ enum Hot {
 }
 
 impl Hot {
-    const COUNT: usize = 9;
+    /// Every one (how many sizes [`Writer`]'s statements; each is kept at its own number).
+    const ALL: [Hot; 9] = [
+        Hot::Begin,
+        Hot::Commit,
+        Hot::FoldCheck,
+        Hot::InsertRequest,
+        Hot::InsertAudit,
+        Hot::DecisionRead,
+        Hot::InsertDecision,
+        Hot::Settle,
+        Hot::SettleRow,
+    ];
 
     fn sql(self) -> &'static str {
         match self {
@@ -126,6 +135,13 @@ impl Hot {
     }
 }
 
+/// The text of every statement [`Writer`] keeps prepared, for tests of what SQLite makes of
+/// them.
+#[cfg(test)]
+pub(super) fn hot_statements() -> impl Iterator<Item = &'static str> {
+    Hot::ALL.into_iter().map(Hot::sql)
+}
+
 /// The writing connection, as every write gets it, with the statements of every request and
 /// decision prepared once and kept (each on its first use). rusqlite's own statement cache
 /// hashes a statement's whole text twice per use and clears its bindings: about 9,000
@@ -133,7 +149,7 @@ impl Hot {
 /// else a write does goes to the connection (`Deref`), through that cache.
 pub(super) struct Writer<'c> {
     conn: &'c Connection,
-    hot: [OnceCell<RefCell<Statement<'c>>>; Hot::COUNT],
+    hot: [OnceCell<RefCell<Statement<'c>>>; Hot::ALL.len()],
 }
 
 impl<'c> Writer<'c> {

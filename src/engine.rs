@@ -106,6 +106,11 @@ pub struct DecisionAttempt {
 /// its request's deadline if that is later.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// A map keyed by request id. Several are touched a dozen times per request and decision, and
+/// std's SipHash cost more than the maps' own work; foldhash, seeded at random per process,
+/// still keeps ids a caller chose from being aimed at one bucket.
+type IdMap<V> = DashMap<String, V, foldhash::quality::RandomState>;
+
 struct Inner {
     config: Arc<Config>,
     directory: Directory,
@@ -115,24 +120,24 @@ struct Inner {
     events: EventBus,
     metrics: Metrics,
     /// Callers waiting on a pending request. A cache: the store is the truth.
-    waiters: DashMap<String, watch::Sender<Option<Arc<SharedRecord>>>>,
+    waiters: IdMap<watch::Sender<Option<Arc<SharedRecord>>>>,
     /// Pending requests a caller is blocked on, as stored, so the decision that usually
     /// follows is checked without reading them back. One instance only: where other
     /// instances share the database (PostgreSQL) it is never filled. Kept in step by
     /// `apply_decision`, emptied by `finish`.
-    hot: DashMap<String, Arc<ApprovalRecord>>,
+    hot: IdMap<Arc<ApprovalRecord>>,
     /// Expiry timers of pending requests.
-    timers: DashMap<String, tokio::task::AbortHandle>,
+    timers: IdMap<tokio::task::AbortHandle>,
     /// Requests being written here, and ids someone waits to decide on (`load_stored`):
     /// handed the record once it is stored (the sender dropped if it was not).
-    storing: DashMap<String, Storing>,
+    storing: IdMap<Storing>,
     /// Where timers hand the ids that are due, to be expired in batches.
     due: mpsc::UnboundedSender<String>,
     /// Its other end, taken by the expiry worker at start.
     due_rx: std::sync::Mutex<Option<mpsc::UnboundedReceiver<String>>>,
     /// Serialises decisions on one request inside this process (the store's compare-and-set
     /// guards across processes).
-    locks: DashMap<String, Arc<Mutex<()>>>,
+    locks: IdMap<Arc<Mutex<()>>>,
     /// Active standing rules, mirrored from the store.
     standing: RwLock<Vec<StandingRule>>,
     /// The upstream assistant, when configured.
@@ -191,13 +196,13 @@ impl ToolApprovalForwarder {
                 templates,
                 events: EventBus::default(),
                 metrics: Metrics::default(),
-                waiters: DashMap::new(),
-                hot: DashMap::new(),
-                timers: DashMap::new(),
-                storing: DashMap::new(),
+                waiters: IdMap::default(),
+                hot: IdMap::default(),
+                timers: IdMap::default(),
+                storing: IdMap::default(),
                 due,
                 due_rx: std::sync::Mutex::new(Some(due_rx)),
-                locks: DashMap::new(),
+                locks: IdMap::default(),
                 standing: RwLock::new(Vec::new()),
                 upstream,
                 outbox_flush: Mutex::new(()),
@@ -2154,7 +2159,7 @@ struct Storing {
 /// (a caller that goes away cancels it midway): decisions waiting on the entry then look in
 /// the store rather than wait out their limit for a handover that will not come.
 struct StoringGuard<'a> {
-    storing: &'a DashMap<String, Storing>,
+    storing: &'a IdMap<Storing>,
     /// `None` once handed over.
     id: Option<String>,
 }

@@ -48,7 +48,7 @@ pub const RULES_CHANGED: &str = "cluster.rules_changed";
 pub fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
     // What is published and answered is built from maps with string keys, which cannot fail
     // to serialise.
-    serde_json::to_string(value).unwrap_or_else(|_| "null".to_string())
+    crate::json::text(value).unwrap_or_else(|_| "null".to_string())
 }
 
 /// Every method a client may be sent (and ask for, see [`EventFilter`]).

@@ -23,6 +23,7 @@ pub mod domain;
 pub mod engine;
 pub mod error;
 pub mod events;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod rfc3339;

@@ -256,7 +256,7 @@ async fn settle(
     )
     .bind(id)
     .bind(resolution.verdict.status().as_str())
-    .bind(serde_json::to_string(resolution)?)
+    .bind(crate::json::text(resolution)?)
     .bind(ms(resolution.resolved_at))
     .execute(conn)
     .await?;
@@ -282,7 +282,7 @@ async fn append_audits(conn: &mut PgConnection, entries: &[AuditEntry]) -> Resul
         .bind(&entry.approval_id)
         .bind(entry.event.as_str())
         .bind(entry.transport.map(|t| t.as_str()))
-        .bind(serde_json::to_string(entry)?)
+        .bind(crate::json::text(entry)?)
         .execute(&mut *conn)
         .await?;
     }
@@ -298,7 +298,7 @@ impl Store for PostgresStore {
         audits: &[AuditEntry],
         fanout: bool,
     ) -> Result<InsertOutcome, StoreError> {
-        let json = serde_json::to_string(req)?;
+        let json = crate::json::text(req)?;
         // Twice at most: an identical pending request may settle between the two steps.
         for _ in 0..2 {
             if self
@@ -460,7 +460,7 @@ impl Store for PostgresStore {
         )
         .bind(id)
         .bind(approver_key)
-        .bind(serde_json::to_string(approval)?)
+        .bind(crate::json::text(approval)?)
         .execute(&mut *tx)
         .await?;
         if inserted.rows_affected() == 0 {

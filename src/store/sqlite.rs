@@ -68,7 +68,7 @@ impl SqliteStore {
     ) -> Result<DecisionWrite, StoreError> {
         let id = id.to_string();
         let approver_key = approver_key.to_string();
-        let approval_json = serde_json::to_string(approval)?;
+        let approval_json = crate::json::text(approval)?;
         let resolution = resolution.cloned();
         let audits = AuditRow::render(audits)?;
         self.writes
@@ -199,7 +199,7 @@ impl Store for SqliteStore {
         audits: &[AuditEntry],
         fanout: bool,
     ) -> Result<InsertOutcome, StoreError> {
-        let json = serde_json::to_string(req)?;
+        let json = crate::json::text(req)?;
         // Twice at most: an identical pending request may settle between the two statements.
         for _ in 0..2 {
             let row = NewRow {

@@ -492,7 +492,7 @@ impl AuditRow {
                     approval_id: entry.approval_id.clone(),
                     event: entry.event.as_str(),
                     transport: entry.transport.map(|t| t.as_str()),
-                    json: serde_json::to_string(entry)?,
+                    json: crate::json::text(entry)?,
                 })
             })
             .collect()
@@ -546,7 +546,7 @@ fn settle_with(
         .execute(params![
             key,
             resolution.verdict.status().as_str(),
-            serde_json::to_string(resolution)?,
+            crate::json::text(resolution)?,
             resolution.resolved_at.timestamp_millis(),
         ])
         .map_err(db)?;

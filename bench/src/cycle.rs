@@ -12,7 +12,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::client::{HttpRpc, InFlight, Note, NoteSink, Rpc, WsRpc, error_kind};
 use crate::proc::{
-    CALLER_TOKEN, Kind, RESOLVER_TOKEN, ServerProcess, machine_busy, self_cpu, thread_share,
+    CALLER_TOKEN, IoCounts, Kind, RESOLVER_TOKEN, ServerProcess, machine_busy, self_cpu,
+    thread_share,
 };
 use crate::stats::{Goal, Latency, Report, num, ratio};
 use crate::{Env, Mode};
@@ -68,6 +69,8 @@ pub struct CycleRun {
     /// CPU the rest of the machine (other processes) used during the window.
     pub other_cpu: Duration,
     pub server_rss_mb: f64,
+    /// What the server wrote during the window.
+    pub server_io: IoCounts,
     pub notes_seen: u64,
     pub threads: Vec<(String, Duration)>,
 }
@@ -83,6 +86,15 @@ impl CycleRun {
 
     pub fn client_cpu_us_per_cycle(&self) -> f64 {
         self.client_cpu.as_secs_f64() * 1e6 / (self.cycles.max(1) as f64)
+    }
+
+    /// KiB the server caused to be written to storage per cycle.
+    pub fn storage_kib_per_cycle(&self) -> f64 {
+        self.server_io.storage_bytes as f64 / 1024.0 / (self.cycles.max(1) as f64)
+    }
+
+    pub fn write_calls_per_cycle(&self) -> f64 {
+        self.server_io.write_calls as f64 / (self.cycles.max(1) as f64)
     }
 }
 
@@ -268,6 +280,18 @@ pub async fn run(env: &Env, opts: CycleOptions) -> anyhow::Result<Value> {
         "MiB",
     )
     .figure(
+        "server writes to storage per cycle",
+        "storage_kib_per_cycle",
+        main.storage_kib_per_cycle(),
+        "KiB",
+    )
+    .figure(
+        "server file write calls per cycle",
+        "write_calls_per_cycle",
+        main.write_calls_per_cycle(),
+        "",
+    )
+    .figure(
         "resolve retries per cycle (unknown_id)",
         "resolve_retries_per_cycle",
         ratio(main.resolve_retries as f64, main.cycles as f64),
@@ -421,12 +445,14 @@ async fn drive(
     let self0 = self_cpu();
     let busy0 = machine_busy();
     let threads0 = server.thread_cpu();
+    let io0 = server.io();
     let notes0: u64 = ws_conns.iter().map(|c| c.notes_seen()).sum();
     tokio::time::sleep_until(window.end.into()).await;
     let cpu1 = server.cpu();
     let self1 = self_cpu();
     let busy1 = machine_busy();
     let threads1 = server.thread_cpu();
+    let io1 = server.io();
     let notes1: u64 = ws_conns.iter().map(|c| c.notes_seen()).sum();
     let rss = server.rss_mb();
 
@@ -439,6 +465,7 @@ async fn drive(
             .saturating_sub(cpu1.saturating_sub(cpu0))
             .saturating_sub(self1.saturating_sub(self0)),
         server_rss_mb: rss,
+        server_io: io1.since(io0),
         notes_seen: notes1 - notes0,
         threads: thread_share(&threads0, &threads1),
         ..Default::default()

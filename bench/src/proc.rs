@@ -194,6 +194,11 @@ impl ServerProcess {
         cpu_of(&format!("/proc/{}/stat", self.pid)).unwrap_or_default()
     }
 
+    /// What the server has written so far (`/proc/<pid>/io`).
+    pub fn io(&self) -> IoCounts {
+        io_of(self.pid).unwrap_or_default()
+    }
+
     /// Resident memory now, in MiB.
     pub fn rss_mb(&self) -> f64 {
         status_kb(self.pid, "VmRSS:").unwrap_or(0) as f64 / 1024.0
@@ -330,6 +335,43 @@ pub fn machine_busy() -> Duration {
     Duration::from_micros(busy * 1_000_000 / ticks_per_second())
 }
 
+/// A process's write counters: bytes it caused to be written to storage (its WAL appends and
+/// checkpoint copies; page-cache writes counted when made, whether or not synced yet), and
+/// its `write`/`pwrite` calls (SQLite writes a WAL frame with two; sockets are written with
+/// `send`, which is not counted).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct IoCounts {
+    pub storage_bytes: u64,
+    pub write_calls: u64,
+}
+
+impl IoCounts {
+    pub fn since(self, earlier: IoCounts) -> IoCounts {
+        IoCounts {
+            storage_bytes: self.storage_bytes.saturating_sub(earlier.storage_bytes),
+            write_calls: self.write_calls.saturating_sub(earlier.write_calls),
+        }
+    }
+}
+
+fn io_of(pid: u32) -> Option<IoCounts> {
+    parse_io(&std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
+}
+
+fn parse_io(text: &str) -> Option<IoCounts> {
+    let field = |key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))?
+            .trim()
+            .parse()
+            .ok()
+    };
+    Some(IoCounts {
+        storage_bytes: field("write_bytes:")?,
+        write_calls: field("syscw:")?,
+    })
+}
+
 fn status_kb(pid: u32, key: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let line = text.lines().find(|l| l.starts_with(key))?;
@@ -388,6 +430,20 @@ pub fn thread_share(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn io_counters_parse() {
+        let text = "rchar: 10\nwchar: 20\nsyscr: 3\nsyscw: 4\nread_bytes: 0\n\
+                    write_bytes: 8192\ncancelled_write_bytes: 0\n";
+        assert_eq!(
+            super::parse_io(text),
+            Some(super::IoCounts {
+                storage_bytes: 8192,
+                write_calls: 4
+            })
+        );
+        assert_eq!(super::parse_io("rchar: 10\n"), None);
+    }
 
     #[test]
     fn stat_lines_with_odd_names_parse() {

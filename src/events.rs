@@ -43,14 +43,6 @@ pub const FALLBACK: &str = "approvald.fallback";
 /// Internal to a cluster: standing rules changed, peers reload theirs. Never sent to clients.
 pub const RULES_CHANGED: &str = "cluster.rules_changed";
 
-/// `value` as compact JSON text. Faster than `Value::to_string` (which goes through
-/// `fmt::Write` a piece at a time): this is done for every event and every RPC answer.
-pub fn json_text<T: Serialize + ?Sized>(value: &T) -> String {
-    // What is published and answered is built from maps with string keys, which cannot fail
-    // to serialise.
-    crate::json::text(value).unwrap_or_else(|_| "null".to_string())
-}
-
 /// Every method a client may be sent (and ask for, see [`EventFilter`]).
 const CLIENT_METHODS: [&str; 9] = [
     REQUESTED,
@@ -159,7 +151,7 @@ impl EventBus {
         if peers.is_none() && !local {
             return;
         }
-        let params_text: Arc<str> = json_text(params).into();
+        let params_text: Arc<str> = crate::json::text_or_null(params).into();
         if let Some(peers) = peers {
             let _ = peers.send((method, params_text.clone()));
         }

@@ -16,6 +16,12 @@ pub fn text<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<String> {
     String::from_utf8(out).map_err(|e| serde::ser::Error::custom(e.utf8_error()))
 }
 
+/// [`text`] for what is published and answered (events, RPC answers): built from maps with
+/// string keys, which cannot fail to serialise, so there is no error to hand on.
+pub fn text_or_null<T: Serialize + ?Sized>(value: &T) -> String {
+    text(value).unwrap_or_else(|_| "null".to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;

@@ -18,7 +18,7 @@ use crate::directory::Caller;
 use crate::domain::{ApproverIdentity, Decision, Status, Transport};
 use crate::engine::{Actor, DecisionAttempt, NewRequest, SharedRecord};
 use crate::error::ApprovalError;
-use crate::events::json_text;
+use crate::json::text_or_null;
 use crate::store::{AuditQuery, ListQuery};
 
 /// `POST /rpc`.
@@ -113,14 +113,14 @@ pub async fn handle_message(ctx: &AppContext, caller: &Caller, body: &[u8]) -> O
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
-            return Some(json_text(&error_object(
+            return Some(text_or_null(&error_object(
                 &ApprovalError::Parse(format!("body is not valid JSON: {e}")),
                 Value::Null,
             )));
         }
     };
     match value {
-        Value::Array(items) if items.is_empty() => Some(json_text(&error_object(
+        Value::Array(items) if items.is_empty() => Some(text_or_null(&error_object(
             &ApprovalError::InvalidRequest("empty batch".into()),
             Value::Null,
         ))),
@@ -137,7 +137,7 @@ pub async fn handle_message(ctx: &AppContext, caller: &Caller, body: &[u8]) -> O
 }
 
 async fn handle_one(ctx: &AppContext, caller: &Caller, item: Value) -> Option<String> {
-    let error = |e: &ApprovalError, id: Value| Some(json_text(&error_object(e, id)));
+    let error = |e: &ApprovalError, id: Value| Some(text_or_null(&error_object(e, id)));
     let Value::Object(mut obj) = item else {
         return error(
             &ApprovalError::InvalidRequest("a request must be a JSON object".into()),
@@ -227,10 +227,10 @@ fn respond(
     id: Option<Value>,
     result: Result<Answer, ApprovalError>,
 ) -> Option<String> {
-    let error = |e: &ApprovalError, id: Value| Some(json_text(&error_object(e, id)));
+    let error = |e: &ApprovalError, id: Value| Some(text_or_null(&error_object(e, id)));
     let id = id?;
     match result {
-        Ok(result) => Some(json_text(&Success {
+        Ok(result) => Some(text_or_null(&Success {
             jsonrpc: "2.0",
             id: &id,
             result: &result,

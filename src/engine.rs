@@ -106,9 +106,10 @@ pub struct DecisionAttempt {
 /// its request's deadline if that is later.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A map keyed by request id. Several are touched a dozen times per request and decision, and
-/// std's SipHash cost more than the maps' own work; foldhash, seeded at random per process,
-/// still keeps ids a caller chose from being aimed at one bucket.
+/// A map keyed by request id. Together they are touched about fifteen times per request and
+/// decision, and std's SipHash of the ids was ~4k instructions of each (callgrind, eleventh
+/// round in BENCHMARKS.md); foldhash, seeded at random per process, still keeps ids a caller
+/// chose from being aimed at one bucket.
 type IdMap<V> = DashMap<String, V, foldhash::quality::RandomState>;
 
 struct Inner {

@@ -8,6 +8,7 @@
 
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -40,8 +41,10 @@ macro_rules! record_columns {
 
 mod checkpoint;
 mod group_commit;
+mod ids;
 
 use group_commit::{AuditRow, GroupCommit, NewRow, db, optional};
+use ids::RecentIds;
 use rusqlite::params;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -53,6 +56,8 @@ pub struct SqliteStore {
     instance: String,
     /// Every write, committed in groups on the writer thread (see `group_commit`).
     writes: GroupCommit,
+    /// The newest requests' rows by id, shared with the writer (see `ids`).
+    recent: Arc<RecentIds>,
 }
 
 impl SqliteStore {
@@ -94,8 +99,11 @@ impl SqliteStore {
                 data_dir.display()
             ))
         })?;
+        let file = data_dir.join("approvald.db");
+        // Taken first: no other process may write the file while this one keeps ids in memory.
+        let recent = RecentIds::for_file(&file, Duration::from_secs(10))?;
         let options = SqliteConnectOptions::new()
-            .filename(data_dir.join("approvald.db"))
+            .filename(&file)
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -109,7 +117,8 @@ impl SqliteStore {
             .await?;
         MIGRATOR.run(&migrator).await?;
         migrator.close().await;
-        let writes = GroupCommit::start(&data_dir.join("approvald.db"))?;
+        ids::recover(&rusqlite::Connection::open(&file).map_err(db)?)?;
+        let writes = GroupCommit::start(&file, recent.clone())?;
         checkpoint::start(&data_dir.join("approvald.db"), &writes)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
@@ -122,6 +131,7 @@ impl SqliteStore {
             writes,
             reader,
             instance: uuid::Uuid::new_v4().to_string(),
+            recent,
         };
         store.heartbeat().await?;
         Ok(store)
@@ -143,17 +153,17 @@ impl SqliteStore {
             .await
     }
 
-    /// The one record `sql` (a `record_columns!` query, `?1` = `id`) finds, if any.
-    async fn record_named(
-        &self,
-        sql: &'static str,
-        id: &str,
-    ) -> Result<Option<ApprovalRecord>, StoreError> {
-        let row = sqlx::query(sql)
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        row.as_ref().map(record_from).transpose()
+    /// The row of request `id`, if it is stored (see `ids`).
+    async fn row_of(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        if let Some(row) = self.recent.get(id) {
+            return Ok(Some(row));
+        }
+        Ok(
+            sqlx::query_scalar("SELECT row FROM approval_ids WHERE id = ?1")
+                .bind(id)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
     }
 
     /// The JSON documents in the first column of `sql` (one `?1` = `id`), decoded.
@@ -265,44 +275,69 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        self.record_named(
-            concat!(record_columns!(), " FROM approvals a WHERE id = ?1"),
-            id,
-        )
-        .await
+        let Some(row) = self.row_of(id).await? else {
+            return Ok(None);
+        };
+        // The id is checked too: a row the memory names may have been rolled back and reused.
+        let row = sqlx::query(concat!(
+            record_columns!(),
+            " FROM approvals a WHERE a.rowid = ?1 AND a.id = ?2"
+        ))
+        .bind(row)
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await?;
+        row.as_ref().map(record_from).transpose()
     }
 
     async fn get_by_any_id(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        // Every index lookup in one statement; the request's own id wins, then an alias.
-        self.record_named(
-            concat!(
-                record_columns!(),
-                " FROM approvals a WHERE a.id IN (?1, \
-             (SELECT approval_id FROM approval_aliases WHERE alias = ?1), \
-             (SELECT approval_id FROM tasks WHERE task_id = ?1)) \
-             ORDER BY a.id = ?1 DESC, \
-             a.id = (SELECT approval_id FROM approval_aliases WHERE alias = ?1) DESC LIMIT 1"
-            ),
-            id,
-        )
-        .await
+        // The request's own id wins, then an alias, then a task's id.
+        if let Some(record) = self.get(id).await? {
+            return Ok(Some(record));
+        }
+        if let Some(target) = self.alias_target(id).await?
+            && let Some(record) = self.get(&target).await?
+        {
+            return Ok(Some(record));
+        }
+        match self.task_by_id(id).await? {
+            Some(task) => self.get(&task.approval_id).await,
+            None => Ok(None),
+        }
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<ApprovalRecord>, StoreError> {
-        // The ids as one JSON array: one statement text whatever their number.
-        let rows = sqlx::query(concat!(
+        let mut rows = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(row) = self.row_of(id).await? {
+                rows.push(row);
+            }
+        }
+        // The rows as one JSON array: one statement text whatever their number.
+        let found = sqlx::query(concat!(
             record_columns!(),
-            " FROM approvals a WHERE a.id IN (SELECT value FROM json_each(?1))"
+            " FROM approvals a WHERE a.rowid IN (SELECT value FROM json_each(?1))"
         ))
-        .bind(serde_json::to_string(ids)?)
+        .bind(serde_json::to_string(&rows)?)
         .fetch_all(&self.reader)
         .await?;
-        rows.iter().map(record_from).collect()
+        let records = found
+            .iter()
+            .map(record_from)
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(records
+            .into_iter()
+            .filter(|r| ids.contains(&r.request.id))
+            .collect())
     }
 
     async fn status(&self, id: &str) -> Result<Option<Status>, StoreError> {
+        let Some(row) = self.row_of(id).await? else {
+            return Ok(None);
+        };
         let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM approvals WHERE id = ?1")
+            sqlx::query_scalar("SELECT status FROM approvals WHERE rowid = ?1 AND id = ?2")
+                .bind(row)
                 .bind(id)
                 .fetch_optional(&self.reader)
                 .await?;
@@ -313,18 +348,20 @@ impl Store for SqliteStore {
 
     async fn ids_with_prefix(&self, prefix: &str, limit: u32) -> Result<Vec<String>, StoreError> {
         // Callers pass only [0-9a-zA-Z-], so no LIKE wildcard can sneak in; a range scan on the
-        // primary key does the rest.
+        // id index, and the newest ids in memory, do the rest.
         let upper = format!("{prefix}\u{10FFFF}");
-        let rows =
-            sqlx::query("SELECT id FROM approvals WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3")
+        let mut ids: Vec<String> =
+            sqlx::query_scalar("SELECT id FROM approval_ids WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3")
                 .bind(prefix)
-                .bind(upper)
+                .bind(&upper)
                 .bind(limit as i64)
                 .fetch_all(&self.reader)
                 .await?;
-        rows.into_iter()
-            .map(|r| Ok(r.try_get::<String, _>("id")?))
-            .collect()
+        ids.extend(self.recent.in_range(prefix, &upper));
+        ids.sort_unstable();
+        ids.dedup();
+        ids.truncate(limit as usize);
+        Ok(ids)
     }
 
     async fn list(&self, q: &ListQuery) -> Result<Vec<ApprovalRecord>, StoreError> {
@@ -398,16 +435,24 @@ impl Store for SqliteStore {
     }
 
     async fn record_delivery(&self, id: &str, delivery: &Delivery) -> Result<(), StoreError> {
-        self.execute(
-            "INSERT INTO deliveries (approval_id, delivery_json, message_key) VALUES (?1, ?2, ?3)",
-            vec![
-                id.to_string().into(),
-                serde_json::to_string(delivery)?.into(),
-                delivery.message.as_ref().map(message_key).into(),
-            ],
-        )
-        .await?;
-        Ok(())
+        let id = id.to_string();
+        let json = serde_json::to_string(delivery)?;
+        let key = delivery.message.as_ref().map(message_key);
+        self.writes
+            .write(move |c| {
+                // What a foreign key checked before the id index was kept apart (see `ids`).
+                if ids::row_of(c, &id)?.is_none() {
+                    return Err(StoreError(format!("no request {id} to record a delivery of")));
+                }
+                c.prepare_cached(
+                    "INSERT INTO deliveries (approval_id, delivery_json, message_key) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(db)?
+                .execute(params![id, json, key])
+                .map_err(db)?;
+                Ok(())
+            })
+            .await
     }
 
     async fn approval_for_message(
@@ -457,15 +502,21 @@ impl Store for SqliteStore {
         let sql = if q.approval_id.is_some() {
             // Lines about no (longer) stored request have no creation time: `IS` matches NULL.
             "SELECT seq, entry_json FROM audit
-             WHERE approval_created_at IS (SELECT created_at FROM approvals WHERE id = ?1)
+             WHERE approval_created_at IS
+                   (SELECT created_at FROM approvals WHERE rowid = ?4 AND id = ?1)
                AND approval_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
         } else {
             "SELECT seq, entry_json FROM audit WHERE ?1 IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3"
+        };
+        let row = match &q.approval_id {
+            Some(id) => self.row_of(id).await?,
+            None => None,
         };
         let rows = sqlx::query(sql)
             .bind(&q.approval_id)
             .bind(q.after_seq)
             .bind(q.limit.max(1) as i64)
+            .bind(row)
             .fetch_all(&self.reader)
             .await?;
         rows.into_iter()
@@ -738,12 +789,20 @@ impl Store for SqliteStore {
     }
 
     async fn deliveries_finished(&self, id: &str) -> Result<(), StoreError> {
-        self.execute(
-            "UPDATE approvals SET deliveries_done = 1 WHERE id = ?1 AND deliveries_done = 0",
-            vec![id.to_string().into()],
-        )
-        .await?;
-        Ok(())
+        let id = id.to_string();
+        self.writes
+            .write(move |c| {
+                if let Some(row) = ids::row_of(c, &id)? {
+                    c.prepare_cached(
+                        "UPDATE approvals SET deliveries_done = 1 WHERE rowid = ?1 AND deliveries_done = 0",
+                    )
+                    .map_err(db)?
+                    .execute([row])
+                    .map_err(db)?;
+                }
+                Ok(())
+            })
+            .await
     }
 
     async fn claim_unfinished_deliveries(
@@ -759,8 +818,8 @@ impl Store for SqliteStore {
             .write(move |c| {
                 c.prepare_cached(
                     "UPDATE approvals SET delivery_owner = ?1
-                     WHERE id IN (
-                         SELECT a.id FROM approvals a
+                     WHERE rowid IN (
+                         SELECT a.rowid FROM approvals a
                          WHERE a.deliveries_done = 0 AND a.status = 'pending'
                            AND a.delivery_owner IS NOT ?1
                            AND NOT EXISTS (SELECT 1 FROM instances i
@@ -805,6 +864,229 @@ mod tests {
             allowed_decisions: vec![Decision::ApproveOnce, Decision::Deny],
             requested_via_token: None,
         }
+    }
+
+    /// A decision by a rule, on request `id`.
+    fn approval() -> Approval {
+        Approval {
+            approver: crate::domain::ApproverIdentity::rules("r"),
+            decision: Decision::ApproveOnce,
+            reason: None,
+            decided_at: Utc::now(),
+        }
+    }
+
+    /// What the file's id index (`approval_ids`) holds, read beside the store.
+    fn indexed_ids(dir: &Path) -> (Vec<String>, i64) {
+        let conn = rusqlite::Connection::open(dir.join("approvald.db")).expect("open the file");
+        let ids = conn
+            .prepare("SELECT id FROM approval_ids ORDER BY id")
+            .expect("prepare")
+            .query_map([], |r| r.get(0))
+            .expect("query")
+            .collect::<Result<Vec<String>, _>>()
+            .expect("ids");
+        let mark = conn
+            .query_row("SELECT merged_to FROM approval_ids_merged", [], |r| r.get(0))
+            .expect("mark");
+        (ids, mark)
+    }
+
+    /// Every lookup by id a user depends on, for requests `ids` (all pending, undecided).
+    async fn found_by_id(store: &SqliteStore, ids: &[&str]) {
+        for id in ids {
+            let rec = store.get(id).await.expect("get").expect("found");
+            assert_eq!(rec.request.id, *id);
+            assert_eq!(store.status(id).await.expect("status"), Some(Status::Pending));
+            let short = &id[..9];
+            assert_eq!(
+                store.ids_with_prefix(short, 10).await.expect("prefix"),
+                vec![id.to_string()],
+                "short id {short}"
+            );
+            assert!(
+                store.get_by_any_id(id).await.expect("any").is_some(),
+                "{id} by any id"
+            );
+            let again = request(id, Utc::now());
+            assert!(
+                matches!(
+                    store.insert_request(&again, None, &[], false).await,
+                    Ok(InsertOutcome::Exists(_))
+                ),
+                "a second request with id {id} was not refused"
+            );
+        }
+        let many: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            store.get_many(&many).await.expect("many").len(),
+            ids.len()
+        );
+    }
+
+    /// A new request is found by its id (whole, short, among many), refused as a duplicate,
+    /// decided and settled, both while its id is only in the writer's memory and once the
+    /// writer has moved it into the id index; then the memory is empty and the mark covers it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn new_ids_are_found_before_and_after_they_move_into_the_id_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        store.recent.held.store(true, std::sync::atomic::Ordering::Relaxed);
+        let ids = [
+            "aaaaaaaa-0001-4000-8000-000000000001",
+            "bbbbbbbb-0002-4000-8000-000000000002",
+            "cccccccc-0003-4000-8000-000000000003",
+        ];
+        for id in ids {
+            store
+                .insert_request(&request(id, Utc::now()), None, &[], false)
+                .await
+                .expect("insert");
+        }
+        let (indexed, _) = indexed_ids(dir.path());
+        assert!(indexed.is_empty(), "moved while held: {indexed:?}");
+        assert_eq!(store.recent.len(), 3);
+        found_by_id(&store, &ids).await;
+        assert_eq!(
+            store
+                .record_decision(ids[0], "rules:r", &approval(), None, &[])
+                .await
+                .expect("decide"),
+            DecisionWrite::Recorded
+        );
+
+        store.recent.held.store(false, std::sync::atomic::Ordering::Relaxed);
+        store.heartbeat().await.expect("a write wakes the writer");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while store.recent.len() > 0 {
+            assert!(std::time::Instant::now() < deadline, "the ids never moved");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let (indexed, mark) = indexed_ids(dir.path());
+        assert_eq!(indexed, ids.to_vec());
+        assert_eq!(mark, 3, "the mark covers every moved row");
+        found_by_id(&store, &ids[1..]).await;
+        let rec = store.get(ids[0]).await.expect("get").expect("found");
+        assert_eq!(rec.approvals.len(), 1, "the decision is read back with it");
+        let resolution = Resolution {
+            verdict: crate::domain::Verdict::Deny,
+            scope: None,
+            decided_by: None,
+            reason: None,
+            resolved_at: Utc::now(),
+        };
+        assert!(store.resolve(ids[1], &resolution, &[]).await.expect("settle"));
+        assert_eq!(store.status(ids[1]).await.expect("status"), Some(Status::Denied));
+    }
+
+    /// After a stop before the writer moved the newest ids (here: the index and its mark put
+    /// back to before them), the next start moves them first: found, refused as duplicates,
+    /// decided.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn ids_not_yet_moved_at_a_stop_are_found_after_the_restart() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let ids = [
+            "dddddddd-0001-4000-8000-000000000001",
+            "eeeeeeee-0002-4000-8000-000000000002",
+        ];
+        {
+            let store = SqliteStore::open(dir.path()).await.expect("open");
+            for id in ids {
+                store
+                    .insert_request(&request(id, Utc::now()), None, &[], false)
+                    .await
+                    .expect("insert");
+            }
+            store.stopping().await.expect("stop");
+        }
+        // The writer thread may still be ending: wait for the process's lock to be let go.
+        let unmoved = |conn: &rusqlite::Connection| {
+            conn.execute_batch(
+                "DELETE FROM approval_ids; UPDATE approval_ids_merged SET merged_to = 0",
+            )
+        };
+        let conn = rusqlite::Connection::open(dir.path().join("approvald.db")).expect("file");
+        conn.busy_timeout(Duration::from_secs(10)).expect("busy");
+        unmoved(&conn).expect("put the index back");
+        drop(conn);
+        assert!(indexed_ids(dir.path()).0.is_empty());
+
+        let store = SqliteStore::open(dir.path()).await.expect("reopen");
+        let (indexed, mark) = indexed_ids(dir.path());
+        assert_eq!(indexed, ids.to_vec(), "moved at the start");
+        assert_eq!(mark, 2);
+        found_by_id(&store, &ids).await;
+        assert_eq!(
+            store
+                .record_decision(ids[1], "rules:r", &approval(), None, &[])
+                .await
+                .expect("decide"),
+            DecisionWrite::Recorded
+        );
+    }
+
+    /// A request whose write is rolled back is not found by its id, and its id stays free.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rolled_back_request_leaves_no_id_behind() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let id = "ffffffff-0001-4000-8000-000000000001";
+        let req = request(id, Utc::now());
+        let json = crate::json::text(&req).expect("json");
+        let failed = store
+            .writes
+            .write(move |c| {
+                let row = NewRow {
+                    id: id.into(),
+                    tool: "shell".into(),
+                    agent_id: None,
+                    session_key: None,
+                    json: json.clone(),
+                    created_at: 1,
+                    expires_at: 2,
+                    fold_key: None,
+                    now: 1,
+                    owner: "me".into(),
+                    fanout: false,
+                };
+                assert!(group_commit::insert(c, &row, &[])?, "stored in the transaction");
+                Err::<(), _>(StoreError("the write fails after its insert".into()))
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(store.recent.get(id), None, "the rolled-back id is still known");
+        assert!(store.get(id).await.expect("get").is_none());
+        assert!(matches!(
+            store.insert_request(&req, None, &[], false).await,
+            Ok(InsertOutcome::Inserted)
+        ));
+        assert!(store.get(id).await.expect("get").is_some());
+    }
+
+    /// One process per SQLite file: another one waits for the lock, then is told why it
+    /// cannot open the file. Handles in the same process share it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_process_cannot_open_the_same_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let second = SqliteStore::open(dir.path()).await.expect("a second handle");
+        // Another process's lock is another open file description of the lock file.
+        let other = std::fs::File::open(dir.path().join("approvald.db.lock")).expect("lock file");
+        assert!(
+            matches!(other.try_lock(), Err(std::fs::TryLockError::WouldBlock)),
+            "the file is not locked while a store is open"
+        );
+        drop((store, second));
+        let dir2 = tempfile::tempdir().expect("tempdir");
+        let held = std::fs::File::create(dir2.path().join("approvald.db.lock")).expect("create");
+        held.lock().expect("lock");
+        let err = RecentIds::for_file(
+            &dir2.path().join("approvald.db"),
+            Duration::from_millis(100),
+        )
+        .err()
+        .expect("opened a file another process holds");
+        assert!(err.0.contains("in use by another approvald process"), "{}", err.0);
     }
 
     /// New requests fill the creation-time index's pages instead of leaving them half empty

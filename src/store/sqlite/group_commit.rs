@@ -33,6 +33,7 @@ use std::time::Duration;
 use rusqlite::{Connection, Statement, params};
 use tokio::sync::oneshot;
 
+use super::ids::{self, Merger, RecentIds};
 use crate::audit::AuditEntry;
 use crate::domain::Resolution;
 use crate::store::{DecisionWrite, StoreError};
@@ -50,28 +51,25 @@ pub(super) const CATCH_UP_FRAMES: i64 = 16_384;
 /// a test checks what SQLite makes of each: no temporary table or index, see `insert`): a new
 /// request, a settle, a decision.
 const INSERT_REQUEST: &str = "INSERT INTO approvals (id, status, tool, agent_id, session_key, request_json, created_at, expires_at, fold_key, delivery_owner, deliveries_done)
-     VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)
-     ON CONFLICT (id) DO NOTHING";
-const SETTLE: &str = "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
-     WHERE id = ?1 AND status = 'pending'";
-/// [`SETTLE`] by the row a decision has just read: no second search of the id index.
+     VALUES (?1, 'pending', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// A settle, by the request's row (see `ids`).
 const SETTLE_ROW: &str = "UPDATE approvals SET status = ?2, resolution_json = ?3, resolved_at = ?4
      WHERE rowid = ?1 AND status = 'pending'";
 /// An audit line, with the creation time of the request it is about: `?6` when the write
-/// knows it, else looked up (NULL for none; `coalesce` looks only when `?6` is NULL).
+/// knows it, else read from the request's row `?7` (NULL for none; `coalesce` reads only when
+/// `?6` is NULL).
 const INSERT_AUDIT: &str =
     "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at)
      VALUES (?1, ?2, ?3, ?4, ?5,
-             coalesce(?6, (SELECT created_at FROM approvals WHERE id = ?2)))";
+             coalesce(?6, (SELECT created_at FROM approvals WHERE rowid = ?7)))";
 /// Whether an identical request is pending (see [`insert`]).
 const FOLD_CHECK: &str = "SELECT 1 FROM approvals INDEXED BY approvals_fold
      WHERE fold_key = ?1 AND status = 'pending' AND expires_at > ?2";
-/// What a decision needs of its request: creation time, pending, decisions so far, row.
+/// What a decision needs of its request (row `?1`): creation time, pending, decisions so far.
 const DECISION_READ: &str = "SELECT a.created_at, a.status = 'pending',
             (SELECT COUNT(*) FROM decisions
-             WHERE approval_created_at = a.created_at AND approval_id = a.id),
-            a.rowid
-     FROM approvals a WHERE a.id = ?1";
+             WHERE approval_created_at = a.created_at AND approval_id = a.id)
+     FROM approvals a WHERE a.rowid = ?1";
 const INSERT_DECISION: &str =
     "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq, approval_json)
      VALUES (?1, ?2, ?3, ?4, ?5)
@@ -102,13 +100,12 @@ enum Hot {
     InsertAudit,
     DecisionRead,
     InsertDecision,
-    Settle,
     SettleRow,
 }
 
 impl Hot {
     /// Every one (how many sizes [`Writer`]'s statements; each is kept at its own number).
-    const ALL: [Hot; 9] = [
+    const ALL: [Hot; 8] = [
         Hot::Begin,
         Hot::Commit,
         Hot::FoldCheck,
@@ -116,7 +113,6 @@ impl Hot {
         Hot::InsertAudit,
         Hot::DecisionRead,
         Hot::InsertDecision,
-        Hot::Settle,
         Hot::SettleRow,
     ];
 
@@ -129,7 +125,6 @@ impl Hot {
             Hot::InsertAudit => INSERT_AUDIT,
             Hot::DecisionRead => DECISION_READ,
             Hot::InsertDecision => INSERT_DECISION,
-            Hot::Settle => SETTLE,
             Hot::SettleRow => SETTLE_ROW,
         }
     }
@@ -150,13 +145,38 @@ pub(super) fn hot_statements() -> impl Iterator<Item = &'static str> {
 pub(super) struct Writer<'c> {
     conn: &'c Connection,
     hot: [OnceCell<RefCell<Statement<'c>>>; Hot::ALL.len()],
+    /// The newest requests' rows by id (see `ids`).
+    recent: &'c RecentIds,
+    /// The ids this transaction added to `recent`: forgotten again if it rolls back.
+    added: RefCell<Vec<(String, i64)>>,
 }
 
 impl<'c> Writer<'c> {
-    fn new(conn: &'c Connection) -> Self {
+    fn new(conn: &'c Connection, recent: &'c RecentIds) -> Self {
         Self {
             conn,
             hot: std::array::from_fn(|_| OnceCell::new()),
+            recent,
+            added: RefCell::new(Vec::new()),
+        }
+    }
+
+    pub(super) fn recent(&self) -> &RecentIds {
+        self.recent
+    }
+
+    /// A request this transaction stored at `row`: found by its id from now on.
+    fn stored(&self, id: &str, row: i64) {
+        self.recent.insert(id, row);
+        self.added.borrow_mut().push((id.to_string(), row));
+    }
+
+    /// The transaction ended: committed (its ids stay) or rolled back (they go).
+    fn ended(&self, committed: bool) {
+        for (id, row) in self.added.borrow_mut().drain(..) {
+            if !committed {
+                self.recent.forget(&id, row);
+            }
         }
     }
 
@@ -247,7 +267,7 @@ pub(super) struct GroupCommit {
 impl GroupCommit {
     /// Open the writing connection to `file` (its schema already migrated) and start the
     /// writer thread.
-    pub fn start(file: &Path) -> Result<Self, StoreError> {
+    pub fn start(file: &Path, recent: Arc<RecentIds>) -> Result<Self, StoreError> {
         let conn = Connection::open(file).map_err(db)?;
         conn.busy_timeout(Duration::from_secs(10)).map_err(db)?;
         conn.execute_batch(
@@ -276,7 +296,7 @@ impl GroupCommit {
         let (asked, count) = (catch_up.clone(), written.clone());
         std::thread::Builder::new()
             .name("sqlite writer".into())
-            .spawn(move || write_loop(conn, rx, &asked, &count))
+            .spawn(move || write_loop(conn, rx, &asked, &count, &recent))
             .map_err(|e| StoreError(format!("cannot start the store's writer thread: {e}")))?;
         Ok(Self {
             tx,
@@ -339,11 +359,28 @@ fn write_loop(
     rx: mpsc::Receiver<Message>,
     catch_up_asked: &AtomicU64,
     written: &AtomicU64,
+    recent: &RecentIds,
 ) {
-    let writer = Writer::new(&conn);
+    let writer = Writer::new(&conn, recent);
     let mut batch: Vec<Box<dyn Job>> = Vec::with_capacity(MAX_BATCH);
     let mut seen = 0;
-    while let Ok(first) = rx.recv() {
+    let mut merger = Merger::new();
+    loop {
+        // Waiting for a write no longer than the newest ids may wait to be moved.
+        let first = match merger.due_in(recent) {
+            None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+            Some(wait) => rx.recv_timeout(wait),
+        };
+        let first = match first {
+            Ok(first) => first,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if let Err(e) = merger.step(&writer) {
+                    tracing::warn!(error = %e, "moving the newest ids into the id index failed");
+                }
+                continue;
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
         let mut checkpoint = None;
         match first {
             Message::Write(job) => batch.push(job),
@@ -362,6 +399,9 @@ fn write_loop(
         queued(&mut batch);
         let writes = write_batch(&writer, &mut batch, &mut queued);
         written.fetch_add(writes as u64, Ordering::Relaxed);
+        if let Err(e) = merger.step(&writer) {
+            tracing::warn!(error = %e, "moving the newest ids into the id index failed");
+        }
         let asked = catch_up_asked.load(Ordering::Relaxed);
         if asked != seen {
             seen = asked;
@@ -460,6 +500,7 @@ fn together(
     if done.is_err() && !w.is_autocommit() {
         let _ = w.execute_batch("ROLLBACK");
     }
+    w.ended(done.is_ok());
     done
 }
 
@@ -511,6 +552,10 @@ pub(super) fn audit(
         let known = request
             .filter(|(id, _)| row.approval_id.as_deref() == Some(*id))
             .map(|(_, created_at)| created_at);
+        let stored_at = match (known, &row.approval_id) {
+            (None, Some(id)) => ids::row_of(w, id)?,
+            _ => None,
+        };
         insert
             .execute(params![
                 row.at,
@@ -519,6 +564,7 @@ pub(super) fn audit(
                 row.transport,
                 row.json,
                 known,
+                stored_at,
             ])
             .map_err(db)?;
     }
@@ -531,20 +577,18 @@ pub(super) fn settle(
     id: &str,
     resolution: &Resolution,
 ) -> Result<bool, StoreError> {
-    settle_with(w, Hot::Settle, id, resolution)
+    match ids::row_of(w, id)? {
+        Some(row) => settle_row(w, row, resolution),
+        None => Ok(false),
+    }
 }
 
-/// [`settle`] with `statement` ([`SETTLE`] or [`SETTLE_ROW`]) and its key.
-fn settle_with(
-    w: &Writer<'_>,
-    statement: Hot,
-    key: impl rusqlite::ToSql,
-    resolution: &Resolution,
-) -> Result<bool, StoreError> {
+/// [`settle`] by the request's row.
+fn settle_row(w: &Writer<'_>, row: i64, resolution: &Resolution) -> Result<bool, StoreError> {
     let changed = w
-        .statement(statement)?
+        .statement(Hot::SettleRow)?
         .execute(params![
-            key,
+            row,
             resolution.verdict.status().as_str(),
             crate::json::text(resolution)?,
             resolution.resolved_at.timestamp_millis(),
@@ -554,7 +598,8 @@ fn settle_with(
 }
 
 /// Store a new pending request unless its id exists or an identical request is pending
-/// (`fold_key`): whether it was stored. Its audit lines go with it.
+/// (`fold_key`): whether it was stored. Its audit lines go with it. The id is checked here,
+/// not by an index on the table (see `ids`): this transaction holds the only writer.
 ///
 /// The fold check is a statement of its own rather than an `INSERT ... SELECT ... WHERE NOT
 /// EXISTS`: an insert that reads its own table goes through a temporary table, and one with
@@ -575,6 +620,9 @@ pub(super) fn insert(
             return Ok(false);
         }
     }
+    if ids::row_of(w, &row.id)?.is_some() {
+        return Ok(false);
+    }
     let changed = w
         .statement(Hot::InsertRequest)?
         .execute(params![
@@ -591,6 +639,7 @@ pub(super) fn insert(
         ])
         .map_err(db)?;
     if changed == 1 {
+        w.stored(&row.id, w.last_insert_rowid());
         audit(w, audits, Some((&row.id, row.created_at)))?;
     }
     Ok(changed == 1)
@@ -610,14 +659,17 @@ pub(super) fn decide(
     audits: &[AuditRow],
 ) -> Result<DecisionWrite, StoreError> {
     // Read first, then a plain insert, for the reasons given at `insert`.
-    let request = optional(w.statement(Hot::DecisionRead)?.query_row([id], |r| {
-        Ok((
-            r.get::<_, i64>(0)?,
-            r.get::<_, bool>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-        ))
-    }))?;
+    let request = match ids::row_of(w, id)? {
+        Some(row) => optional(w.statement(Hot::DecisionRead)?.query_row([row], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, bool>(1)?,
+                r.get::<_, i64>(2)?,
+                row,
+            ))
+        }))?,
+        None => None,
+    };
     if let Some(expected) = created_at
         && request.is_none_or(|(stored, ..)| stored != expected)
     {
@@ -642,7 +694,7 @@ pub(super) fn decide(
     // The read saw it pending and this transaction holds the only writer, so the settle
     // cannot lose; if it did, the batch is retried write by write.
     if let Some(r) = resolution
-        && !settle_with(w, Hot::SettleRow, row, r)?
+        && !settle_row(w, row, r)?
     {
         return Err(StoreError(format!(
             "a decision on {id} was recorded but its request did not settle"
@@ -684,7 +736,7 @@ pub(super) mod tests {
                 ))
             })
             .expect("schema");
-        let writer = GroupCommit::start(&file).expect("start");
+        let writer = GroupCommit::start(&file, RecentIds::unlocked()).expect("start");
         (dir, file, writer)
     }
 

@@ -1,0 +1,286 @@
+//! Where a request's row is, by its id: the newest requests in memory, the rest in the
+//! `approval_ids` table, which the writer fills in sorted batches (migration 0010 says why).
+//!
+//! A new request is written to `approvals` only (its rowid follows the previous one, so its
+//! page is the table's last, shared by every request in the commit) and its id goes into
+//! [`RecentIds`]. About once a second the writer moves what is there into `approval_ids` in
+//! id order, a chunk per transaction between its batches ([`Merger`]), so each page of that
+//! index is written once per batch rather than once per request. Every lookup by id asks
+//! [`RecentIds`] first, then `approval_ids`. After a restart, the requests above the mark in
+//! `approval_ids_merged` are moved before anything else is written ([`recover`]).
+//!
+//! One [`RecentIds`] per database file in a process (several store handles on one file share
+//! it, as the writes of each are serialised by SQLite's write lock); a second process on the
+//! same file would not see it, so the file is locked for the process ([`RecentIds::for_file`]).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use rusqlite::{Connection, params};
+
+use super::group_commit::{Writer, db, optional};
+use crate::store::StoreError;
+
+/// The writer moves the newest ids into `approval_ids` this often (sooner when
+/// [`MERGE_AT`] have gathered).
+const MERGE_EVERY: Duration = Duration::from_secs(1);
+/// Or as soon as this many are waiting (bounds the memory they take).
+const MERGE_AT: usize = 65_536;
+/// Ids moved per transaction: each chunk holds the writer (and every write queued behind it)
+/// for well under a millisecond or two.
+const CHUNK: usize = 512;
+
+/// The newest requests' rows by id: those the writer has stored but not yet moved into
+/// `approval_ids`.
+pub(crate) struct RecentIds {
+    rows: DashMap<String, i64, foldhash::quality::RandomState>,
+    /// Held while any handle on the file lives in this process: another process waits, then
+    /// fails (it could not see [`Self::rows`]).
+    _lock: Option<File>,
+    /// Tests keep the newest ids in memory while this is set.
+    #[cfg(test)]
+    pub(super) held: std::sync::atomic::AtomicBool,
+}
+
+/// The [`RecentIds`] of every database file open in this process, by path.
+static OPEN: Mutex<Option<HashMap<PathBuf, Weak<RecentIds>>>> = Mutex::new(None);
+
+impl RecentIds {
+    /// Without a file lock: for tests of the writer on a scratch file.
+    #[cfg(test)]
+    pub(super) fn unlocked() -> Arc<Self> {
+        Arc::new(Self {
+            rows: DashMap::default(),
+            _lock: None,
+            held: Default::default(),
+        })
+    }
+
+    /// The one for `file` in this process, made (and the file locked, waiting up to
+    /// `wait` for another process to let go) if none is open.
+    pub(super) fn for_file(file: &Path, wait: Duration) -> Result<Arc<Self>, StoreError> {
+        // By its directory's real path: the file itself may not exist yet.
+        let key = match (file.parent(), file.file_name()) {
+            (Some(dir), Some(name)) => dir
+                .canonicalize()
+                .map(|dir| dir.join(name))
+                .unwrap_or_else(|_| file.to_path_buf()),
+            _ => file.to_path_buf(),
+        };
+        let mut open = OPEN.lock().unwrap_or_else(|e| e.into_inner());
+        let open = open.get_or_insert_with(HashMap::new);
+        if let Some(shared) = open.get(&key).and_then(Weak::upgrade) {
+            return Ok(shared);
+        }
+        let lock_path = key.with_extension("db.lock");
+        let lock = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| StoreError(format!("cannot open {}: {e}", lock_path.display())))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(std::fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(StoreError(format!(
+                        "{} is in use by another approvald process (it holds {}); one process \
+                         per SQLite file, PostgreSQL for several",
+                        key.display(),
+                        lock_path.display()
+                    )));
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(StoreError(format!(
+                        "cannot lock {}: {e}",
+                        lock_path.display()
+                    )));
+                }
+            }
+        }
+        let shared = Arc::new(Self {
+            rows: DashMap::default(),
+            _lock: Some(lock),
+            #[cfg(test)]
+            held: Default::default(),
+        });
+        open.retain(|_, w| w.strong_count() > 0);
+        open.insert(key, Arc::downgrade(&shared));
+        Ok(shared)
+    }
+
+    /// The row of `id`, if it is one of the newest.
+    pub(crate) fn get(&self, id: &str) -> Option<i64> {
+        self.rows.get(id).map(|r| *r)
+    }
+
+    /// The newest ids in `[lower, upper)`.
+    pub(crate) fn in_range(&self, lower: &str, upper: &str) -> Vec<String> {
+        self.rows
+            .iter()
+            .filter(|e| e.key().as_str() >= lower && e.key().as_str() < upper)
+            .map(|e| e.key().clone())
+            .collect()
+    }
+
+    pub(super) fn insert(&self, id: &str, row: i64) {
+        self.rows.insert(id.to_string(), row);
+    }
+
+    /// Forget `id` if it still names `row` (a write rolled back, or the id moved).
+    pub(super) fn forget(&self, id: &str, row: i64) {
+        self.rows.remove_if(id, |_, r| *r == row);
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn held(&self) -> bool {
+        #[cfg(test)]
+        return self.held.load(std::sync::atomic::Ordering::Relaxed);
+        #[cfg(not(test))]
+        false
+    }
+
+    /// Every one, in id order.
+    fn sorted(&self) -> Vec<(String, i64)> {
+        let mut all: Vec<(String, i64)> =
+            self.rows.iter().map(|e| (e.key().clone(), *e)).collect();
+        all.sort_unstable();
+        all
+    }
+}
+
+/// The row of `id`, as the writer sees it (in its transaction).
+pub(super) fn row_of(w: &Writer<'_>, id: &str) -> Result<Option<i64>, StoreError> {
+    if let Some(row) = w.recent().get(id) {
+        return Ok(Some(row));
+    }
+    optional(
+        w.prepare_cached("SELECT row FROM approval_ids WHERE id = ?1")
+            .map_err(db)?
+            .query_row([id], |r| r.get(0)),
+    )
+}
+
+/// Move into `approval_ids` every request above the mark (those a stopped process had not
+/// moved), before the writer starts.
+pub(super) fn recover(conn: &Connection) -> Result<(), StoreError> {
+    conn.execute_batch(
+        "BEGIN IMMEDIATE;
+         INSERT INTO approval_ids (id, row)
+             SELECT id, rowid FROM approvals
+             WHERE rowid > (SELECT merged_to FROM approval_ids_merged) ORDER BY id
+             ON CONFLICT DO NOTHING;
+         UPDATE approval_ids_merged SET merged_to = (SELECT coalesce(max(rowid), 0) FROM approvals);
+         COMMIT;",
+    )
+    .map_err(db)
+}
+
+/// The writer's moves of the newest ids into `approval_ids`, a chunk at a time.
+pub(super) struct Merger {
+    /// The ids being moved (sorted), from `next` on still to go.
+    round: Vec<(String, i64)>,
+    next: usize,
+    /// Every request up to this row is in `round` or moved: the mark once the round is done.
+    round_max: i64,
+    last: Instant,
+}
+
+impl Merger {
+    pub(super) fn new() -> Self {
+        Self {
+            round: Vec::new(),
+            next: 0,
+            round_max: 0,
+            last: Instant::now(),
+        }
+    }
+
+    /// How long the writer may wait for a write before [`Self::step`] has work: `None`, for
+    /// ever (nothing to move).
+    pub(super) fn due_in(&self, recent: &RecentIds) -> Option<Duration> {
+        if recent.held() {
+            return None;
+        }
+        if self.next < self.round.len() || recent.len() >= MERGE_AT {
+            return Some(Duration::ZERO);
+        }
+        if recent.len() == 0 {
+            return None;
+        }
+        Some(MERGE_EVERY.saturating_sub(self.last.elapsed()))
+    }
+
+    /// Move the next chunk, starting a round when one is due. Between batches only: the
+    /// round's ids are taken inside a transaction, when no other writer of this process is
+    /// in one, so every one of them is committed.
+    pub(super) fn step(&mut self, w: &Writer<'_>) -> Result<(), StoreError> {
+        if self.due_in(w.recent()) != Some(Duration::ZERO) {
+            return Ok(());
+        }
+        w.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
+        let moved = self.move_chunk(w);
+        let done = moved.and_then(|last| {
+            w.execute_batch("COMMIT").map_err(db)?;
+            Ok(last)
+        });
+        match done {
+            Ok(chunk) => {
+                for (id, row) in &self.round[chunk] {
+                    w.recent().forget(id, *row);
+                }
+                if self.next == self.round.len() {
+                    self.round.clear();
+                    self.next = 0;
+                    self.last = Instant::now();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let _ = w.execute_batch("ROLLBACK");
+                // Start over: a chunk that failed is taken again with the next round.
+                self.round.clear();
+                self.next = 0;
+                self.last = Instant::now();
+                Err(e)
+            }
+        }
+    }
+
+    /// In the open transaction: start a round if none is under way, insert its next chunk,
+    /// and set the mark after the last. Which part of the round was moved.
+    fn move_chunk(&mut self, w: &Writer<'_>) -> Result<std::ops::Range<usize>, StoreError> {
+        if self.next >= self.round.len() {
+            self.round = w.recent().sorted();
+            self.next = 0;
+            self.round_max = self.round.iter().map(|(_, row)| *row).max().unwrap_or(0);
+        }
+        let chunk = self.next..(self.next + CHUNK).min(self.round.len());
+        let mut insert = w
+            // Another handle's writer on this file may have moved some of them already.
+            .prepare_cached("INSERT INTO approval_ids (id, row) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .map_err(db)?;
+        for (id, row) in &self.round[chunk.clone()] {
+            insert.execute(params![id, row]).map_err(db)?;
+        }
+        if chunk.end == self.round.len() {
+            w.prepare_cached("UPDATE approval_ids_merged SET merged_to = max(merged_to, ?1)")
+                .map_err(db)?
+                .execute([self.round_max])
+                .map_err(db)?;
+        }
+        self.next = chunk.end;
+        Ok(chunk)
+    }
+}

@@ -350,13 +350,14 @@ impl Store for SqliteStore {
         // Callers pass only [0-9a-zA-Z-], so no LIKE wildcard can sneak in; a range scan on the
         // id index, and the newest ids in memory, do the rest.
         let upper = format!("{prefix}\u{10FFFF}");
-        let mut ids: Vec<String> =
-            sqlx::query_scalar("SELECT id FROM approval_ids WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3")
-                .bind(prefix)
-                .bind(&upper)
-                .bind(limit as i64)
-                .fetch_all(&self.reader)
-                .await?;
+        let mut ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM approval_ids WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3",
+        )
+        .bind(prefix)
+        .bind(&upper)
+        .bind(limit as i64)
+        .fetch_all(&self.reader)
+        .await?;
         ids.extend(self.recent.in_range(prefix, &upper));
         ids.sort_unstable();
         ids.dedup();
@@ -887,7 +888,9 @@ mod tests {
             .collect::<Result<Vec<String>, _>>()
             .expect("ids");
         let mark = conn
-            .query_row("SELECT merged_to FROM approval_ids_merged", [], |r| r.get(0))
+            .query_row("SELECT merged_to FROM approval_ids_merged", [], |r| {
+                r.get(0)
+            })
             .expect("mark");
         (ids, mark)
     }
@@ -897,7 +900,10 @@ mod tests {
         for id in ids {
             let rec = store.get(id).await.expect("get").expect("found");
             assert_eq!(rec.request.id, *id);
-            assert_eq!(store.status(id).await.expect("status"), Some(Status::Pending));
+            assert_eq!(
+                store.status(id).await.expect("status"),
+                Some(Status::Pending)
+            );
             let short = &id[..9];
             assert_eq!(
                 store.ids_with_prefix(short, 10).await.expect("prefix"),
@@ -918,10 +924,7 @@ mod tests {
             );
         }
         let many: Vec<String> = ids.iter().map(|s| s.to_string()).collect();
-        assert_eq!(
-            store.get_many(&many).await.expect("many").len(),
-            ids.len()
-        );
+        assert_eq!(store.get_many(&many).await.expect("many").len(), ids.len());
     }
 
     /// A new request is found by its id (whole, short, among many), refused as a duplicate,
@@ -931,7 +934,10 @@ mod tests {
     async fn new_ids_are_found_before_and_after_they_move_into_the_id_index() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path()).await.expect("open");
-        store.recent.held.store(true, std::sync::atomic::Ordering::Relaxed);
+        store
+            .recent
+            .held
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let ids = [
             "aaaaaaaa-0001-4000-8000-000000000001",
             "bbbbbbbb-0002-4000-8000-000000000002",
@@ -955,7 +961,10 @@ mod tests {
             DecisionWrite::Recorded
         );
 
-        store.recent.held.store(false, std::sync::atomic::Ordering::Relaxed);
+        store
+            .recent
+            .held
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         store.heartbeat().await.expect("a write wakes the writer");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while store.recent.len() > 0 {
@@ -975,8 +984,16 @@ mod tests {
             reason: None,
             resolved_at: Utc::now(),
         };
-        assert!(store.resolve(ids[1], &resolution, &[]).await.expect("settle"));
-        assert_eq!(store.status(ids[1]).await.expect("status"), Some(Status::Denied));
+        assert!(
+            store
+                .resolve(ids[1], &resolution, &[])
+                .await
+                .expect("settle")
+        );
+        assert_eq!(
+            store.status(ids[1]).await.expect("status"),
+            Some(Status::Denied)
+        );
     }
 
     /// After a stop before the writer moved the newest ids (here: the index and its mark put
@@ -1049,12 +1066,19 @@ mod tests {
                     owner: "me".into(),
                     fanout: false,
                 };
-                assert!(group_commit::insert(c, &row, &[])?, "stored in the transaction");
+                assert!(
+                    group_commit::insert(c, &row, &[])?,
+                    "stored in the transaction"
+                );
                 Err::<(), _>(StoreError("the write fails after its insert".into()))
             })
             .await;
         assert!(failed.is_err());
-        assert_eq!(store.recent.get(id), None, "the rolled-back id is still known");
+        assert_eq!(
+            store.recent.get(id),
+            None,
+            "the rolled-back id is still known"
+        );
         assert!(store.get(id).await.expect("get").is_none());
         assert!(matches!(
             store.insert_request(&req, None, &[], false).await,
@@ -1069,7 +1093,9 @@ mod tests {
     async fn a_second_process_cannot_open_the_same_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let store = SqliteStore::open(dir.path()).await.expect("open");
-        let second = SqliteStore::open(dir.path()).await.expect("a second handle");
+        let second = SqliteStore::open(dir.path())
+            .await
+            .expect("a second handle");
         // Another process's lock is another open file description of the lock file.
         let other = std::fs::File::open(dir.path().join("approvald.db.lock")).expect("lock file");
         assert!(
@@ -1086,7 +1112,11 @@ mod tests {
         )
         .err()
         .expect("opened a file another process holds");
-        assert!(err.0.contains("in use by another approvald process"), "{}", err.0);
+        assert!(
+            err.0.contains("in use by another approvald process"),
+            "{}",
+            err.0
+        );
     }
 
     /// New requests fill the creation-time index's pages instead of leaving them half empty

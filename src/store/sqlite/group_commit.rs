@@ -70,6 +70,8 @@ const DECISION_READ: &str = "SELECT a.created_at, a.status = 'pending',
             (SELECT COUNT(*) FROM decisions
              WHERE approval_created_at = a.created_at AND approval_id = a.id)
      FROM approvals a WHERE a.rowid = ?1";
+/// A request's row by its id, once the writer has moved it into the id index (see `ids`).
+const LOCATE: &str = "SELECT row FROM approval_ids WHERE id = ?1";
 const INSERT_DECISION: &str =
     "INSERT INTO decisions (approval_created_at, approval_id, approver_key, seq, approval_json)
      VALUES (?1, ?2, ?3, ?4, ?5)
@@ -101,11 +103,12 @@ enum Hot {
     DecisionRead,
     InsertDecision,
     SettleRow,
+    Locate,
 }
 
 impl Hot {
     /// Every one (how many sizes [`Writer`]'s statements; each is kept at its own number).
-    const ALL: [Hot; 8] = [
+    const ALL: [Hot; 9] = [
         Hot::Begin,
         Hot::Commit,
         Hot::FoldCheck,
@@ -114,6 +117,7 @@ impl Hot {
         Hot::DecisionRead,
         Hot::InsertDecision,
         Hot::SettleRow,
+        Hot::Locate,
     ];
 
     fn sql(self) -> &'static str {
@@ -126,6 +130,7 @@ impl Hot {
             Hot::DecisionRead => DECISION_READ,
             Hot::InsertDecision => INSERT_DECISION,
             Hot::SettleRow => SETTLE_ROW,
+            Hot::Locate => LOCATE,
         }
     }
 }
@@ -163,6 +168,11 @@ impl<'c> Writer<'c> {
 
     pub(super) fn recent(&self) -> &RecentIds {
         self.recent
+    }
+
+    /// The row of `id` in the id index (not among the newest: see `ids::row_of`).
+    pub(super) fn indexed_row(&self, id: &str) -> Result<Option<i64>, StoreError> {
+        optional(self.statement(Hot::Locate)?.query_row([id], |r| r.get(0)))
     }
 
     /// A request this transaction stored at `row`: found by its id from now on.

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use dashmap::DashMap;
 use rusqlite::{Connection, params};
 
-use super::group_commit::{Writer, db, optional};
+use super::group_commit::{Writer, db};
 use crate::store::StoreError;
 
 /// The writer moves the newest ids into `approval_ids` this often (sooner when
@@ -153,8 +153,7 @@ impl RecentIds {
 
     /// Every one, in id order.
     fn sorted(&self) -> Vec<(String, i64)> {
-        let mut all: Vec<(String, i64)> =
-            self.rows.iter().map(|e| (e.key().clone(), *e)).collect();
+        let mut all: Vec<(String, i64)> = self.rows.iter().map(|e| (e.key().clone(), *e)).collect();
         all.sort_unstable();
         all
     }
@@ -165,11 +164,7 @@ pub(super) fn row_of(w: &Writer<'_>, id: &str) -> Result<Option<i64>, StoreError
     if let Some(row) = w.recent().get(id) {
         return Ok(Some(row));
     }
-    optional(
-        w.prepare_cached("SELECT row FROM approval_ids WHERE id = ?1")
-            .map_err(db)?
-            .query_row([id], |r| r.get(0)),
-    )
+    w.indexed_row(id)
 }
 
 /// Move into `approval_ids` every request above the mark (those a stopped process had not
@@ -269,7 +264,9 @@ impl Merger {
         let chunk = self.next..(self.next + CHUNK).min(self.round.len());
         let mut insert = w
             // Another handle's writer on this file may have moved some of them already.
-            .prepare_cached("INSERT INTO approval_ids (id, row) VALUES (?1, ?2) ON CONFLICT DO NOTHING")
+            .prepare_cached(
+                "INSERT INTO approval_ids (id, row) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+            )
             .map_err(db)?;
         for (id, row) in &self.round[chunk.clone()] {
             insert.execute(params![id, row]).map_err(db)?;

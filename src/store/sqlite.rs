@@ -967,7 +967,7 @@ mod tests {
             .store(false, std::sync::atomic::Ordering::Relaxed);
         store.heartbeat().await.expect("a write wakes the writer");
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.recent.len() > 0 {
+        while store.recent.len() > 0 || indexed_ids(dir.path()).1 < 3 {
             assert!(std::time::Instant::now() < deadline, "the ids never moved");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -1016,7 +1016,23 @@ mod tests {
             }
             store.stopping().await.expect("stop");
         }
-        // The writer thread may still be ending: wait for the process's lock to be let go.
+        // The writer thread ends after the store (moving what was left): wait for it to let
+        // go of the file's lock, then put the index back as a crash would have left it.
+        let lock = std::fs::File::open(dir.path().join("approvald.db.lock")).expect("lock file");
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while lock.try_lock().is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the writer never ended"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(lock);
+        assert_eq!(
+            indexed_ids(dir.path()),
+            (ids.map(String::from).to_vec(), 2),
+            "moved at the stop"
+        );
         let unmoved = |conn: &rusqlite::Connection| {
             conn.execute_batch(
                 "DELETE FROM approval_ids; UPDATE approval_ids_merged SET merged_to = 0",

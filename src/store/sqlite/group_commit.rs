@@ -33,7 +33,7 @@ use std::time::Duration;
 use rusqlite::{Connection, Statement, params};
 use tokio::sync::oneshot;
 
-use super::ids::{self, Merger, RecentIds};
+use super::ids::{self, Fresh, Merger, RecentIds};
 use crate::audit::AuditEntry;
 use crate::domain::Resolution;
 use crate::store::{DecisionWrite, StoreError};
@@ -154,6 +154,8 @@ pub(super) struct Writer<'c> {
     recent: &'c RecentIds,
     /// The ids this transaction added to `recent`: forgotten again if it rolls back.
     added: RefCell<Vec<(String, i64)>>,
+    /// The ids this writer committed and has not moved into the id index yet.
+    fresh: RefCell<Fresh>,
 }
 
 impl<'c> Writer<'c> {
@@ -163,6 +165,7 @@ impl<'c> Writer<'c> {
             hot: std::array::from_fn(|_| OnceCell::new()),
             recent,
             added: RefCell::new(Vec::new()),
+            fresh: RefCell::new(Fresh::default()),
         }
     }
 
@@ -183,11 +186,27 @@ impl<'c> Writer<'c> {
 
     /// The transaction ended: committed (its ids stay) or rolled back (they go).
     fn ended(&self, committed: bool) {
-        for (id, row) in self.added.borrow_mut().drain(..) {
-            if !committed {
+        let mut added = self.added.borrow_mut();
+        if committed {
+            let mut fresh = self.fresh.borrow_mut();
+            for (id, row) in added.drain(..) {
+                fresh.push(id, row);
+            }
+        } else {
+            for (id, row) in added.drain(..) {
                 self.recent.forget(&id, row);
             }
         }
+    }
+
+    /// How many ids this writer has to move.
+    pub(super) fn fresh_len(&self) -> usize {
+        self.fresh.borrow().len()
+    }
+
+    /// Every id this writer has to move (it has none left).
+    pub(super) fn take_fresh(&self) -> Fresh {
+        std::mem::take(&mut *self.fresh.borrow_mut())
     }
 
     /// `which`, prepared on its first use. One write at a time on this thread, and no
@@ -377,7 +396,7 @@ fn write_loop(
     let mut merger = Merger::new();
     loop {
         // Waiting for a write no longer than the newest ids may wait to be moved.
-        let first = match merger.due_in(recent) {
+        let first = match merger.due_in(&writer) {
             None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
             Some(wait) => rx.recv_timeout(wait),
         };
@@ -389,7 +408,13 @@ fn write_loop(
                 }
                 continue;
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                // The store is closed: move what is left, so the next start has nothing to.
+                if let Err(e) = merger.finish(&writer) {
+                    tracing::warn!(error = %e, "moving the newest ids into the id index failed");
+                }
+                break;
+            }
         };
         let mut checkpoint = None;
         match first {

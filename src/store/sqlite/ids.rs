@@ -140,22 +140,21 @@ impl RecentIds {
         self.rows.remove_if(id, |_, r| *r == row);
     }
 
+    #[cfg(test)]
     pub(crate) fn len(&self) -> usize {
         self.rows.len()
     }
 
-    fn held(&self) -> bool {
+    pub(super) fn held(&self) -> bool {
         #[cfg(test)]
         return self.held.load(std::sync::atomic::Ordering::Relaxed);
         #[cfg(not(test))]
         false
     }
 
-    /// Every one, in id order.
-    fn sorted(&self) -> Vec<(String, i64)> {
-        let mut all: Vec<(String, i64)> = self.rows.iter().map(|e| (e.key().clone(), *e)).collect();
-        all.sort_unstable();
-        all
+    /// The lowest row among them.
+    fn lowest_row(&self) -> Option<i64> {
+        self.rows.iter().map(|e| *e.value()).min()
     }
 }
 
@@ -182,102 +181,186 @@ pub(super) fn recover(conn: &Connection) -> Result<(), StoreError> {
     .map_err(db)
 }
 
+/// The ids a writer committed and has not moved yet, by their first byte: a chunk of the
+/// next move is a run of whole buckets, sorted when its turn comes, so a move never sorts (nor
+/// holds the writer for) more than a chunk at a time.
+#[derive(Default)]
+pub(super) struct Fresh {
+    buckets: Vec<Vec<(String, i64)>>,
+    len: usize,
+}
+
+impl Fresh {
+    pub(super) fn push(&mut self, id: String, row: i64) {
+        if self.buckets.is_empty() {
+            self.buckets.resize_with(256, Vec::new);
+        }
+        let first = id.as_bytes().first().copied().unwrap_or(0);
+        self.buckets[usize::from(first)].push((id, row));
+        self.len += 1;
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+}
+
 /// The writer's moves of the newest ids into `approval_ids`, a chunk at a time.
 pub(super) struct Merger {
-    /// The ids being moved (sorted), from `next` on still to go.
-    round: Vec<(String, i64)>,
+    /// The move under way: what is left of it, and the next bucket.
+    round: Fresh,
     next: usize,
-    /// Every request up to this row is in `round` or moved: the mark once the round is done.
-    round_max: i64,
+    /// The last move's mark is still to be written.
+    mark_due: bool,
     last: Instant,
 }
 
 impl Merger {
     pub(super) fn new() -> Self {
         Self {
-            round: Vec::new(),
+            round: Fresh::default(),
             next: 0,
-            round_max: 0,
+            mark_due: false,
             last: Instant::now(),
         }
     }
 
     /// How long the writer may wait for a write before [`Self::step`] has work: `None`, for
     /// ever (nothing to move).
-    pub(super) fn due_in(&self, recent: &RecentIds) -> Option<Duration> {
-        if recent.held() {
+    pub(super) fn due_in(&self, w: &Writer<'_>) -> Option<Duration> {
+        if w.recent().held() {
             return None;
         }
-        if self.next < self.round.len() || recent.len() >= MERGE_AT {
+        if self.round.len > 0 || self.mark_due || w.fresh_len() >= MERGE_AT {
             return Some(Duration::ZERO);
         }
-        if recent.len() == 0 {
+        if w.fresh_len() == 0 {
             return None;
         }
         Some(MERGE_EVERY.saturating_sub(self.last.elapsed()))
     }
 
-    /// Move the next chunk, starting a round when one is due. Between batches only: the
-    /// round's ids are taken inside a transaction, when no other writer of this process is
-    /// in one, so every one of them is committed.
+    /// Move the next chunk (starting a move when one is due), or write the mark of a move
+    /// that is done, in a transaction of its own. Between the writer's batches only.
     pub(super) fn step(&mut self, w: &Writer<'_>) -> Result<(), StoreError> {
-        if self.due_in(w.recent()) != Some(Duration::ZERO) {
+        if self.due_in(w) != Some(Duration::ZERO) {
             return Ok(());
         }
+        if self.round.len == 0 && !self.mark_due {
+            self.round = w.take_fresh();
+            self.next = 0;
+        }
+        let start = self.next;
         w.execute_batch("BEGIN IMMEDIATE").map_err(db)?;
-        let moved = self.move_chunk(w);
-        let done = moved.and_then(|last| {
-            w.execute_batch("COMMIT").map_err(db)?;
-            Ok(last)
-        });
-        match done {
-            Ok(chunk) => {
-                for (id, row) in &self.round[chunk] {
+        let applied = if self.round.len > 0 {
+            self.move_chunk(w).map(Some)
+        } else {
+            self.write_mark(w).map(|()| None)
+        };
+        let failed = match applied {
+            Ok(moved) => match w.execute_batch("COMMIT") {
+                Ok(()) => {
+                    self.done(w, moved);
+                    return Ok(());
+                }
+                Err(e) => {
+                    // Not moved after all: the chunk's ids go back (they are still in `recent`).
+                    if let Some(chunk) = moved {
+                        self.put_back(start, chunk);
+                    }
+                    db(e)
+                }
+            },
+            Err(e) => e,
+        };
+        let _ = w.execute_batch("ROLLBACK");
+        self.last = Instant::now();
+        Err(failed)
+    }
+
+    /// A step committed: `moved`, the ids it moved (`None`: it wrote the mark).
+    fn done(&mut self, w: &Writer<'_>, moved: Option<Vec<(String, i64)>>) {
+        match moved {
+            Some(chunk) => {
+                for (id, row) in &chunk {
                     w.recent().forget(id, *row);
                 }
-                if self.next == self.round.len() {
-                    self.round.clear();
-                    self.next = 0;
-                    self.last = Instant::now();
+                if self.round.len == 0 {
+                    self.mark_due = true;
                 }
-                Ok(())
             }
-            Err(e) => {
-                let _ = w.execute_batch("ROLLBACK");
-                // Start over: a chunk that failed is taken again with the next round.
-                self.round.clear();
-                self.next = 0;
+            None => {
+                self.mark_due = false;
                 self.last = Instant::now();
+            }
+        }
+    }
+
+    /// Every id this writer has left to move, and the mark, now (the store is closing).
+    pub(super) fn finish(&mut self, w: &Writer<'_>) -> Result<(), StoreError> {
+        self.last = Instant::now().checked_sub(MERGE_EVERY).unwrap_or(self.last);
+        while self.due_in(w) == Some(Duration::ZERO) {
+            self.step(w)?;
+        }
+        Ok(())
+    }
+
+    /// In the open transaction: the next run of buckets (at least a chunk, or the rest),
+    /// sorted and inserted. Which ids those were.
+    fn move_chunk(&mut self, w: &Writer<'_>) -> Result<Vec<(String, i64)>, StoreError> {
+        let start = self.next;
+        let mut chunk = Vec::new();
+        while self.next < self.round.buckets.len() && chunk.len() < CHUNK {
+            chunk.append(&mut self.round.buckets[self.next]);
+            self.next += 1;
+        }
+        self.round.len -= chunk.len();
+        chunk.sort_unstable();
+        // Another handle's writer on this file may have moved some of them already.
+        let inserted = (|| {
+            let mut insert = w
+                .prepare_cached(
+                    "INSERT INTO approval_ids (id, row) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
+                )
+                .map_err(db)?;
+            for (id, row) in &chunk {
+                insert.execute(params![id, row]).map_err(db)?;
+            }
+            Ok(())
+        })();
+        match inserted {
+            Ok(()) => Ok(chunk),
+            Err(e) => {
+                self.put_back(start, chunk);
                 Err(e)
             }
         }
     }
 
-    /// In the open transaction: start a round if none is under way, insert its next chunk,
-    /// and set the mark after the last. Which part of the round was moved.
-    fn move_chunk(&mut self, w: &Writer<'_>) -> Result<std::ops::Range<usize>, StoreError> {
-        if self.next >= self.round.len() {
-            self.round = w.recent().sorted();
-            self.next = 0;
-            self.round_max = self.round.iter().map(|(_, row)| *row).max().unwrap_or(0);
-        }
-        let chunk = self.next..(self.next + CHUNK).min(self.round.len());
-        let mut insert = w
-            // Another handle's writer on this file may have moved some of them already.
-            .prepare_cached(
-                "INSERT INTO approval_ids (id, row) VALUES (?1, ?2) ON CONFLICT DO NOTHING",
-            )
+    /// `chunk`, taken from bucket `start` on, is to be moved again.
+    fn put_back(&mut self, start: usize, mut chunk: Vec<(String, i64)>) {
+        self.round.len += chunk.len();
+        self.round.buckets[start].append(&mut chunk);
+        self.next = start;
+    }
+
+    /// In the open transaction: the mark. Every committed request not in `recent` is in
+    /// `approval_ids` (a request stays in `recent` until it is moved), so every row below the
+    /// lowest one there is; with none there, every row is. No other writer is in a
+    /// transaction now, so none of `recent` is uncommitted.
+    fn write_mark(&self, w: &Writer<'_>) -> Result<(), StoreError> {
+        let mark = match w.recent().lowest_row() {
+            Some(row) => row - 1,
+            None => w
+                .query_row("SELECT coalesce(max(rowid), 0) FROM approvals", [], |r| {
+                    r.get::<_, i64>(0)
+                })
+                .map_err(db)?,
+        };
+        w.prepare_cached("UPDATE approval_ids_merged SET merged_to = max(merged_to, ?1)")
+            .map_err(db)?
+            .execute([mark])
             .map_err(db)?;
-        for (id, row) in &self.round[chunk.clone()] {
-            insert.execute(params![id, row]).map_err(db)?;
-        }
-        if chunk.end == self.round.len() {
-            w.prepare_cached("UPDATE approval_ids_merged SET merged_to = max(merged_to, ?1)")
-                .map_err(db)?
-                .execute([self.round_max])
-                .map_err(db)?;
-        }
-        self.next = chunk.end;
-        Ok(chunk)
+        Ok(())
     }
 }

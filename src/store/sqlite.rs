@@ -39,6 +39,15 @@ macro_rules! record_columns {
     };
 }
 
+/// Where a query by id finds its row: `?1` the row the writer's memory names for it (or
+/// NULL), `?2` the id, looked up in the id index when the memory does not know it. The id is
+/// checked too: a row the memory names may have been rolled back and reused.
+macro_rules! by_id {
+    () => {
+        "a.rowid = coalesce(?1, (SELECT row FROM approval_ids WHERE id = ?2)) AND a.id = ?2"
+    };
+}
+
 mod checkpoint;
 mod group_commit;
 mod ids;
@@ -153,19 +162,6 @@ impl SqliteStore {
             .await
     }
 
-    /// The row of request `id`, if it is stored (see `ids`).
-    async fn row_of(&self, id: &str) -> Result<Option<i64>, StoreError> {
-        if let Some(row) = self.recent.get(id) {
-            return Ok(Some(row));
-        }
-        Ok(
-            sqlx::query_scalar("SELECT row FROM approval_ids WHERE id = ?1")
-                .bind(id)
-                .fetch_optional(&self.reader)
-                .await?,
-        )
-    }
-
     /// The JSON documents in the first column of `sql` (one `?1` = `id`), decoded.
     async fn json_rows<T: serde::de::DeserializeOwned>(
         &self,
@@ -275,15 +271,12 @@ impl Store for SqliteStore {
     }
 
     async fn get(&self, id: &str) -> Result<Option<ApprovalRecord>, StoreError> {
-        let Some(row) = self.row_of(id).await? else {
-            return Ok(None);
-        };
-        // The id is checked too: a row the memory names may have been rolled back and reused.
         let row = sqlx::query(concat!(
             record_columns!(),
-            " FROM approvals a WHERE a.rowid = ?1 AND a.id = ?2"
+            " FROM approvals a WHERE ",
+            by_id!()
         ))
-        .bind(row)
+        .bind(self.recent.get(id))
         .bind(id)
         .fetch_optional(&self.reader)
         .await?;
@@ -307,37 +300,40 @@ impl Store for SqliteStore {
     }
 
     async fn get_many(&self, ids: &[String]) -> Result<Vec<ApprovalRecord>, StoreError> {
-        let mut rows = Vec::with_capacity(ids.len());
+        // One statement whatever their number (expiry loads thousands at once): the rows the
+        // memory knows, and the id index for the others, each list as one JSON array.
+        let (mut rows, mut indexed) = (Vec::new(), Vec::new());
         for id in ids {
-            if let Some(row) = self.row_of(id).await? {
-                rows.push(row);
+            match self.recent.get(id) {
+                Some(row) => rows.push(row),
+                None => indexed.push(id),
             }
         }
-        // The rows as one JSON array: one statement text whatever their number.
         let found = sqlx::query(concat!(
             record_columns!(),
-            " FROM approvals a WHERE a.rowid IN (SELECT value FROM json_each(?1))"
+            " FROM approvals a WHERE a.rowid IN (SELECT value FROM json_each(?1) UNION ALL \
+             SELECT row FROM approval_ids WHERE id IN (SELECT value FROM json_each(?2)))"
         ))
         .bind(serde_json::to_string(&rows)?)
+        .bind(serde_json::to_string(&indexed)?)
         .fetch_all(&self.reader)
         .await?;
         let records = found
             .iter()
             .map(record_from)
             .collect::<Result<Vec<_>, _>>()?;
+        // The ids are checked too (see `get`).
+        let asked: std::collections::HashSet<&str> = ids.iter().map(String::as_str).collect();
         Ok(records
             .into_iter()
-            .filter(|r| ids.contains(&r.request.id))
+            .filter(|r| asked.contains(r.request.id.as_str()))
             .collect())
     }
 
     async fn status(&self, id: &str) -> Result<Option<Status>, StoreError> {
-        let Some(row) = self.row_of(id).await? else {
-            return Ok(None);
-        };
         let status: Option<String> =
-            sqlx::query_scalar("SELECT status FROM approvals WHERE rowid = ?1 AND id = ?2")
-                .bind(row)
+            sqlx::query_scalar(concat!("SELECT status FROM approvals a WHERE ", by_id!()))
+                .bind(self.recent.get(id))
                 .bind(id)
                 .fetch_optional(&self.reader)
                 .await?;
@@ -502,22 +498,21 @@ impl Store for SqliteStore {
     async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let sql = if q.approval_id.is_some() {
             // Lines about no (longer) stored request have no creation time: `IS` matches NULL.
-            "SELECT seq, entry_json FROM audit
-             WHERE approval_created_at IS
-                   (SELECT created_at FROM approvals WHERE rowid = ?4 AND id = ?1)
-               AND approval_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3"
+            concat!(
+                "SELECT seq, entry_json FROM audit
+                 WHERE approval_created_at IS (SELECT created_at FROM approvals a WHERE ",
+                by_id!(),
+                ") AND approval_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
+            )
         } else {
-            "SELECT seq, entry_json FROM audit WHERE ?1 IS NULL AND seq > ?2 ORDER BY seq LIMIT ?3"
+            "SELECT seq, entry_json FROM audit WHERE ?2 IS NULL AND seq > ?3 ORDER BY seq LIMIT ?4"
         };
-        let row = match &q.approval_id {
-            Some(id) => self.row_of(id).await?,
-            None => None,
-        };
+        let recent = q.approval_id.as_deref().and_then(|id| self.recent.get(id));
         let rows = sqlx::query(sql)
+            .bind(recent)
             .bind(&q.approval_id)
             .bind(q.after_seq)
             .bind(q.limit.max(1) as i64)
-            .bind(row)
             .fetch_all(&self.reader)
             .await?;
         rows.into_iter()

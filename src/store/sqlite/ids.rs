@@ -3,11 +3,13 @@
 //!
 //! A new request is written to `approvals` only (its rowid follows the previous one, so its
 //! page is the table's last, shared by every request in the commit) and its id goes into
-//! [`RecentIds`]. About once a second the writer moves what is there into `approval_ids` in
-//! id order, a chunk per transaction between its batches ([`Merger`]), so each page of that
-//! index is written once per batch rather than once per request. Every lookup by id asks
-//! [`RecentIds`] first, then `approval_ids`. After a restart, the requests above the mark in
-//! `approval_ids_merged` are moved before anything else is written ([`recover`]).
+//! [`RecentIds`] (and the writer's own list of what it has to move, [`Fresh`]). About once a
+//! second the writer moves those into `approval_ids` in id order, a chunk per transaction
+//! between its batches ([`Merger`]), so each page of that index is written once per move
+//! rather than once per request; then it writes the mark in `approval_ids_merged`, below which
+//! every request is in `approval_ids`. Every lookup by id asks [`RecentIds`] first, then
+//! `approval_ids`. A closing store moves what is left; after a crash, the next start moves
+//! the requests above the mark before anything else is written ([`recover`]).
 //!
 //! One [`RecentIds`] per database file in a process (several store handles on one file share
 //! it, as the writes of each are serialised by SQLite's write lock); a second process on the
@@ -30,8 +32,8 @@ use crate::store::StoreError;
 const MERGE_EVERY: Duration = Duration::from_secs(1);
 /// Or as soon as this many are waiting (bounds the memory they take).
 const MERGE_AT: usize = 65_536;
-/// Ids moved per transaction: each chunk holds the writer (and every write queued behind it)
-/// for well under a millisecond or two.
+/// Ids moved per transaction, at least: each chunk holds the writer (and every write queued
+/// behind it) for 1 to 2 ms, at most 6 (measured, BENCHMARKS.md, twelfth round).
 const CHUNK: usize = 512;
 
 /// The newest requests' rows by id: those the writer has stored but not yet moved into

@@ -126,7 +126,13 @@ impl SqliteStore {
             .await?;
         MIGRATOR.run(&migrator).await?;
         migrator.close().await;
-        ids::recover(&rusqlite::Connection::open(&file).map_err(db)?)?;
+        // Another handle's writer on this file may be in a transaction: wait for it, as the
+        // writer does.
+        let recovering = rusqlite::Connection::open(&file).map_err(db)?;
+        recovering
+            .busy_timeout(Duration::from_secs(10))
+            .map_err(db)?;
+        ids::recover(&recovering)?;
         let writes = GroupCommit::start(&file, recent.clone())?;
         checkpoint::start(&data_dir.join("approvald.db"), &writes)?;
         let reader = SqlitePoolOptions::new()
@@ -1096,6 +1102,41 @@ mod tests {
             Ok(InsertOutcome::Inserted)
         ));
         assert!(store.get(id).await.expect("get").is_some());
+    }
+
+    /// A second handle on the file opens while the first one's writer is in a transaction
+    /// (its start waits for it, rather than failing with "database is locked"), and both
+    /// find what either stored. (Here the migrations already wait for the write; the id
+    /// recovery after them waits the same way, should a write begin in between.)
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_second_handle_opens_while_the_first_is_writing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let first = SqliteStore::open(dir.path()).await.expect("open");
+        let (started, writing) = std::sync::mpsc::channel();
+        let writes = first.writes.clone();
+        let long = tokio::spawn(async move {
+            writes
+                .write(move |_| {
+                    let _ = started.send(());
+                    std::thread::sleep(Duration::from_millis(500));
+                    Ok(())
+                })
+                .await
+        });
+        tokio::task::spawn_blocking(move || writing.recv())
+            .await
+            .expect("task")
+            .expect("the first handle's write is under way");
+        let second = SqliteStore::open(dir.path())
+            .await
+            .expect("a second handle opens once the write is done");
+        long.await.expect("task").expect("the long write");
+        let id = "abababab-0001-4000-8000-000000000001";
+        second
+            .insert_request(&request(id, Utc::now()), None, &[], false)
+            .await
+            .expect("insert");
+        assert!(first.get(id).await.expect("get").is_some());
     }
 
     /// One process per SQLite file: another one waits for the lock, then is told why it

@@ -118,23 +118,17 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // Migrations run on a connection of their own, closed before the writer thread opens
-        // its connection.
+        // Migrations, then the ids a stopped process had not moved (see `ids`), on a connection
+        // of their own, closed before the writer thread opens its connection.
         let migrator = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&migrator).await?;
+        sqlx::raw_sql(ids::RECOVER).execute(&migrator).await?;
         migrator.close().await;
-        // Another handle's writer on this file may be in a transaction: wait for it, as the
-        // writer does.
-        let recovering = rusqlite::Connection::open(&file).map_err(db)?;
-        recovering
-            .busy_timeout(Duration::from_secs(10))
-            .map_err(db)?;
-        ids::recover(&recovering)?;
         let writes = GroupCommit::start(&file, recent.clone())?;
-        checkpoint::start(&data_dir.join("approvald.db"), &writes)?;
+        checkpoint::start(&file, &writes)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             // A local file: a ping before each use would be one more thread hand-off.
@@ -878,6 +872,28 @@ mod tests {
         }
     }
 
+    /// Store a new pending request for each of `ids`.
+    async fn store_new(store: &SqliteStore, ids: &[&str]) {
+        for id in ids {
+            store
+                .insert_request(&request(id, Utc::now()), None, &[], false)
+                .await
+                .expect("insert");
+        }
+    }
+
+    /// Poll `done` until it holds (10 s at most).
+    async fn eventually(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "waited too long for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// What the file's id index (`approval_ids`) holds, read beside the store.
     fn indexed_ids(dir: &Path) -> (Vec<String>, i64) {
         let conn = rusqlite::Connection::open(dir.join("approvald.db")).expect("open the file");
@@ -944,12 +960,7 @@ mod tests {
             "bbbbbbbb-0002-4000-8000-000000000002",
             "cccccccc-0003-4000-8000-000000000003",
         ];
-        for id in ids {
-            store
-                .insert_request(&request(id, Utc::now()), None, &[], false)
-                .await
-                .expect("insert");
-        }
+        store_new(&store, &ids).await;
         let (indexed, _) = indexed_ids(dir.path());
         assert!(indexed.is_empty(), "moved while held: {indexed:?}");
         assert_eq!(store.recent.len(), 3);
@@ -967,11 +978,10 @@ mod tests {
             .held
             .store(false, std::sync::atomic::Ordering::Relaxed);
         store.heartbeat().await.expect("a write wakes the writer");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while store.recent.len() > 0 || indexed_ids(dir.path()).1 < 3 {
-            assert!(std::time::Instant::now() < deadline, "the ids never moved");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually("the ids to move", || {
+            store.recent.len() == 0 && indexed_ids(dir.path()).1 == 3
+        })
+        .await;
         let (indexed, mark) = indexed_ids(dir.path());
         assert_eq!(indexed, ids.to_vec());
         assert_eq!(mark, 3, "the mark covers every moved row");
@@ -1009,25 +1019,13 @@ mod tests {
         ];
         {
             let store = SqliteStore::open(dir.path()).await.expect("open");
-            for id in ids {
-                store
-                    .insert_request(&request(id, Utc::now()), None, &[], false)
-                    .await
-                    .expect("insert");
-            }
+            store_new(&store, &ids).await;
             store.stopping().await.expect("stop");
         }
         // The writer thread ends after the store (moving what was left): wait for it to let
         // go of the file's lock, then put the index back as a crash would have left it.
         let lock = std::fs::File::open(dir.path().join("approvald.db.lock")).expect("lock file");
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while lock.try_lock().is_err() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the writer never ended"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually("the writer to end", || lock.try_lock().is_ok()).await;
         drop(lock);
         assert_eq!(
             indexed_ids(dir.path()),
@@ -1106,8 +1104,8 @@ mod tests {
 
     /// A second handle on the file opens while the first one's writer is in a transaction
     /// (its start waits for it, rather than failing with "database is locked"), and both
-    /// find what either stored. (Here the migrations already wait for the write; the id
-    /// recovery after them waits the same way, should a write begin in between.)
+    /// find what either stored. (The migrations wait for the write; the id recovery runs
+    /// after them on the same connection, with the same busy timeout.)
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_second_handle_opens_while_the_first_is_writing() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -1132,10 +1130,7 @@ mod tests {
             .expect("a second handle opens once the write is done");
         long.await.expect("task").expect("the long write");
         let id = "abababab-0001-4000-8000-000000000001";
-        second
-            .insert_request(&request(id, Utc::now()), None, &[], false)
-            .await
-            .expect("insert");
+        store_new(&second, &[id]).await;
         assert!(first.get(id).await.expect("get").is_some());
     }
 

@@ -9,7 +9,7 @@
 //! rather than once per request; then it writes the mark in `approval_ids_merged`, below which
 //! every request is in `approval_ids`. Every lookup by id asks [`RecentIds`] first, then
 //! `approval_ids`. A closing store moves what is left; after a crash, the next start moves
-//! the requests above the mark before anything else is written ([`recover`]).
+//! the requests above the mark before anything else is written ([`RECOVER`]).
 //!
 //! One [`RecentIds`] per database file in a process (several store handles on one file share
 //! it, as the writes of each are serialised by SQLite's write lock); a second process on the
@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use rusqlite::{Connection, params};
+use rusqlite::params;
 
 use super::group_commit::{Writer, db};
 use crate::store::StoreError;
@@ -169,19 +169,14 @@ pub(super) fn row_of(w: &Writer<'_>, id: &str) -> Result<Option<i64>, StoreError
 }
 
 /// Move into `approval_ids` every request above the mark (those a stopped process had not
-/// moved), before the writer starts.
-pub(super) fn recover(conn: &Connection) -> Result<(), StoreError> {
-    conn.execute_batch(
-        "BEGIN IMMEDIATE;
-         INSERT INTO approval_ids (id, row)
-             SELECT id, rowid FROM approvals
-             WHERE rowid > (SELECT merged_to FROM approval_ids_merged) ORDER BY id
-             ON CONFLICT DO NOTHING;
-         UPDATE approval_ids_merged SET merged_to = (SELECT coalesce(max(rowid), 0) FROM approvals);
-         COMMIT;",
-    )
-    .map_err(db)
-}
+/// moved): run when a store opens, before its writer starts.
+pub(super) const RECOVER: &str = "BEGIN IMMEDIATE;
+     INSERT INTO approval_ids (id, row)
+         SELECT id, rowid FROM approvals
+         WHERE rowid > (SELECT merged_to FROM approval_ids_merged) ORDER BY id
+         ON CONFLICT DO NOTHING;
+     UPDATE approval_ids_merged SET merged_to = (SELECT coalesce(max(rowid), 0) FROM approvals);
+     COMMIT;";
 
 /// The ids a writer committed and has not moved yet, by their first byte: a chunk of the
 /// next move is a run of whole buckets, sorted when its turn comes, so a move never sorts (nor

@@ -133,7 +133,7 @@ impl Db {
 
     /// Run one statement with a plain connection, beside the store: what an operator (or an
     /// attacker with SQL access) could do.
-    async fn raw_execute(&self, sql: &'static str) -> Result<u64, String> {
+    async fn raw_execute(&self, sql: &str) -> Result<u64, String> {
         match &self.backend {
             Backend::Sqlite(dir) => {
                 let path = dir.path().join("approvald.db");
@@ -142,14 +142,18 @@ impl Db {
                 )
                 .await
                 .expect("raw sqlite connection");
-                let done = sqlx::query(sql).execute(&mut conn).await;
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&mut conn)
+                    .await;
                 done.map(|d| d.rows_affected()).map_err(|e| e.to_string())
             }
             Backend::Postgres(pg) => {
                 let mut conn = sqlx::PgConnection::connect(&pg.url)
                     .await
                     .expect("raw pg connection");
-                let done = sqlx::query(sql).execute(&mut conn).await;
+                let done = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()))
+                    .execute(&mut conn)
+                    .await;
                 done.map(|d| d.rows_affected()).map_err(|e| e.to_string())
             }
         }
@@ -186,6 +190,7 @@ contract!(
     decision_behind_its_insert => 4,
     fold_race => 22,
     audit_is_append_only => 3,
+    audit_lines_written_whole_still_read => 3,
     audit_paging_misses_nothing => 9,
     claim_unfinished_deliveries => 7,
     task_cas => 12,
@@ -1090,6 +1095,60 @@ async fn audit_is_append_only(db: &Db) {
     let after = audit_of(&*store, "audit-1").await;
     assert_eq!(after.len(), 2);
     assert_eq!(after[0], before[0]);
+}
+
+/// Lines are stored without what their row has columns for; lines written before that kept
+/// every field in their text. Both read back whole, in order, from the same trail.
+async fn audit_lines_written_whole_still_read(db: &Db) {
+    let store = db.handle().await;
+    // 2026-11-30T10:00:00Z, the creation time the raw line below names.
+    let created = DateTime::<Utc>::from_timestamp_millis(1_796_032_800_000).expect("time");
+    insert(&*store, &request_at("whole-1", created)).await;
+    let old_line = r#"{"seq":0,"at":"2026-11-30T10:00:01.000000123Z","approval_id":"whole-1","event":"decision","transport":"slack","actor":{"approver_id":"person:bob","display_name":"bob","transport":"slack","person":"bob"},"detail":{"decision":"deny","reason":null}}"#;
+    // A test's own literal text, not input: the line as an earlier build stored it.
+    let statement = if db.is_postgres() {
+        format!(
+            "INSERT INTO audit (at, approval_id, event, transport, entry_json) \
+             VALUES (1796032801000, 'whole-1', 'decision', 'slack', '{old_line}')"
+        )
+    } else {
+        format!(
+            "INSERT INTO audit (at, approval_id, event, transport, entry_json, approval_created_at) \
+             VALUES (1796032801000, 'whole-1', 'decision', 'slack', '{old_line}', 1796032800000)"
+        )
+    };
+    db.raw_execute(&statement).await.expect("an old-form line");
+    let denied = audit(
+        AuditEvent::Resolved,
+        "whole-1",
+        json!({ "verdict": "deny" }),
+    )
+    .actor(&person("carol"));
+    store.audit_append(&denied).await.unwrap();
+
+    let lines = audit_of(&*store, "whole-1").await;
+    let events: Vec<AuditEvent> = lines.iter().map(|l| l.event).collect();
+    assert_eq!(
+        events,
+        [
+            AuditEvent::Requested,
+            AuditEvent::Decision,
+            AuditEvent::Resolved
+        ]
+    );
+    let mut old: AuditEntry = serde_json::from_str(old_line).expect("old line");
+    old.seq = lines[1].seq;
+    assert_eq!(lines[1], old, "the line written whole reads as written");
+    assert_eq!(
+        lines[1].at.timestamp_subsec_nanos(),
+        123,
+        "its time kept to the ns"
+    );
+    let mut new = denied.clone();
+    new.seq = lines[2].seq;
+    assert_eq!(lines[2], new, "the stored form reads back whole");
+    assert_eq!(lines[2].transport, Some(Transport::Slack));
+    assert_eq!(lines[2].approval_id.as_deref(), Some("whole-1"));
 }
 
 /// A reader pages the audit log with "after seq N" while several instances append: it sees

@@ -282,7 +282,7 @@ async fn append_audits(conn: &mut PgConnection, entries: &[AuditEntry]) -> Resul
         .bind(&entry.approval_id)
         .bind(entry.event.as_str())
         .bind(entry.transport.map(|t| t.as_str()))
-        .bind(crate::json::text(entry)?)
+        .bind(entry.stored_text()?)
         .execute(&mut *conn)
         .await?;
     }
@@ -552,12 +552,13 @@ impl Store for PostgresStore {
     async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
         let rows = match &q.approval_id {
             Some(id) => sqlx::query(
-                "SELECT seq, entry_json FROM audit WHERE approval_id = $1 AND seq > $2
-                 ORDER BY seq LIMIT $3",
+                "SELECT seq, approval_id, event, transport, entry_json FROM audit
+                 WHERE approval_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             )
             .bind(id),
             None => sqlx::query(
-                "SELECT seq, entry_json FROM audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                "SELECT seq, approval_id, event, transport, entry_json FROM audit
+                 WHERE seq > $1 ORDER BY seq LIMIT $2",
             ),
         }
         .bind(q.after_seq)
@@ -566,9 +567,14 @@ impl Store for PostgresStore {
         .await?;
         rows.into_iter()
             .map(|r| {
-                let mut e: AuditEntry = serde_json::from_str(r.try_get("entry_json")?)?;
-                e.seq = r.try_get("seq")?;
-                Ok(e)
+                AuditEntry::from_stored(
+                    r.try_get("seq")?,
+                    r.try_get("approval_id")?,
+                    r.try_get("event")?,
+                    r.try_get("transport")?,
+                    r.try_get("entry_json")?,
+                )
+                .map_err(StoreError)
             })
             .collect()
     }

@@ -499,13 +499,14 @@ impl Store for SqliteStore {
         let sql = if q.approval_id.is_some() {
             // Lines about no (longer) stored request have no creation time: `IS` matches NULL.
             concat!(
-                "SELECT seq, entry_json FROM audit
+                "SELECT seq, approval_id, event, transport, entry_json FROM audit
                  WHERE approval_created_at IS (SELECT created_at FROM approvals a WHERE ",
                 by_id!(),
                 ") AND approval_id = ?2 AND seq > ?3 ORDER BY seq LIMIT ?4"
             )
         } else {
-            "SELECT seq, entry_json FROM audit WHERE ?2 IS NULL AND seq > ?3 ORDER BY seq LIMIT ?4"
+            "SELECT seq, approval_id, event, transport, entry_json FROM audit
+             WHERE ?2 IS NULL AND seq > ?3 ORDER BY seq LIMIT ?4"
         };
         let recent = q.approval_id.as_deref().and_then(|id| self.recent.get(id));
         let rows = sqlx::query(sql)
@@ -517,9 +518,14 @@ impl Store for SqliteStore {
             .await?;
         rows.into_iter()
             .map(|r| {
-                let mut e: AuditEntry = serde_json::from_str(r.try_get("entry_json")?)?;
-                e.seq = r.try_get("seq")?;
-                Ok(e)
+                AuditEntry::from_stored(
+                    r.try_get("seq")?,
+                    r.try_get("approval_id")?,
+                    r.try_get("event")?,
+                    r.try_get("transport")?,
+                    r.try_get("entry_json")?,
+                )
+                .map_err(StoreError)
             })
             .collect()
     }

@@ -568,7 +568,7 @@ impl AuditRow {
                     approval_id: entry.approval_id.clone(),
                     event: entry.event.as_str(),
                     transport: entry.transport.map(|t| t.as_str()),
-                    json: crate::json::text(entry)?,
+                    json: entry.stored_text()?,
                 })
             })
             .collect()

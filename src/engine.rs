@@ -510,9 +510,10 @@ impl ToolApprovalForwarder {
                 why_not: None,
                 token_name: None,
             };
-            rec = Box::pin(self.apply_decision(rec, actor, preset.decision, preset.reason))
-                .await?
-                .into_record();
+            rec =
+                Box::pin(self.apply_decision(Box::new(rec), actor, preset.decision, preset.reason))
+                    .await?
+                    .into_record();
         } else if let Some(verdict) = verdict {
             // Rules first: a deny or an allow that meets quorum settles it before anyone is asked.
             if let Some(identity) = verdict.identity() {
@@ -526,7 +527,7 @@ impl ToolApprovalForwarder {
                     why_not: None,
                     token_name: None,
                 };
-                rec = Box::pin(self.apply_decision(rec, actor, decision, None))
+                rec = Box::pin(self.apply_decision(Box::new(rec), actor, decision, None))
                     .await?
                     .into_record();
             }
@@ -992,10 +993,14 @@ impl ToolApprovalForwarder {
         let id = self.resolve_id(&attempt.id).await?;
         let lock = self.lock_for(&id);
         let _guard = lock.lock().await;
-        let hot = self.inner.hot.get(&id).map(|r| (**r).clone());
+        // Boxed: the record stays in this future (and those it starts) across every wait.
+        let hot = self.inner.hot.get(&id).map(|r| Box::new((**r).clone()));
         let (rec, queued) = match hot {
             Some(rec) => (rec, None),
-            None => Box::pin(self.load_stored(&id, queued_too)).await?,
+            None => {
+                let (rec, queued) = Box::pin(self.load_stored(&id, queued_too)).await?;
+                (Box::new(rec), queued)
+            }
         };
         if queued.is_some() && Utc::now() >= rec.request.expires_at {
             // Expiring a request means settling it as stored: once it is.
@@ -1044,7 +1049,7 @@ impl ToolApprovalForwarder {
                     && a.decision == attempt.decision
             });
             if repeat && rec.status != Status::Expired {
-                return Ok(SharedRecord::new(rec));
+                return Ok(SharedRecord::new(*rec));
             }
             let err = self.final_state_error(&rec);
             return Err(self
@@ -1091,7 +1096,7 @@ impl ToolApprovalForwarder {
             && (previous.decision.is_approval() == attempt.decision.is_approval())
         {
             // Same person again (another surface, a double click): counts once.
-            return Ok(SharedRecord::new(rec));
+            return Ok(SharedRecord::new(*rec));
         }
         let Some(queued) = queued else {
             return self
@@ -1120,7 +1125,7 @@ impl ToolApprovalForwarder {
     /// Record one decision and resolve when it settles the request. Caller holds the lock.
     async fn apply_decision(
         &self,
-        rec: ApprovalRecord,
+        rec: Box<ApprovalRecord>,
         actor: ResolvedActor,
         decision: Decision,
         reason: Option<String>,
@@ -1142,7 +1147,7 @@ impl ToolApprovalForwarder {
     /// the decision is applied (nothing changed).
     async fn apply_decision_with(
         &self,
-        rec: ApprovalRecord,
+        rec: Box<ApprovalRecord>,
         actor: ResolvedActor,
         decision: Decision,
         reason: Option<String>,
@@ -1242,7 +1247,7 @@ impl ToolApprovalForwarder {
         let rec = if self.inner.config.storage.is_postgres()
             || !self.targets_for(&rec.request).is_empty()
         {
-            Box::pin(self.load(&id)).await?
+            Box::new(Box::pin(self.load(&id)).await?)
         } else {
             let mut now = rec;
             now.approvals = approvals;
@@ -1256,7 +1261,7 @@ impl ToolApprovalForwarder {
             Some(resolution) => Ok(Some(self.finish(rec, &resolution, false).await)),
             None => {
                 if let Some(mut copy) = self.inner.hot.get_mut(&id) {
-                    *copy = Arc::new(rec.clone());
+                    *copy = Arc::new((*rec).clone());
                 }
                 let progress = progress_text(&rec, min);
                 self.inner.events.publish(
@@ -1264,7 +1269,7 @@ impl ToolApprovalForwarder {
                     &json!({ "approval": self.approval_view(&rec), "progress": progress }),
                 );
                 self.edit_all(&rec, TemplateKind::Request);
-                Ok(Some(SharedRecord::new(rec)))
+                Ok(Some(SharedRecord::new(*rec)))
             }
         }
     }
@@ -1366,7 +1371,28 @@ impl ToolApprovalForwarder {
     /// The record as its waiters were answered with it.
     async fn finish(
         &self,
-        rec: ApprovalRecord,
+        rec: Box<ApprovalRecord>,
+        resolution: &Resolution,
+        from_timer: bool,
+    ) -> Arc<SharedRecord> {
+        let rec = self.settle(rec, resolution, from_timer);
+        if resolution.verdict == Verdict::Timeout {
+            Box::pin(self.send_timeout_notices(&rec)).await;
+        }
+        if resolution.scope == Some(Scope::Always)
+            && let Some(by) = &resolution.decided_by
+        {
+            Box::pin(self.add_standing_rule(&rec.request, by)).await;
+        }
+        rec
+    }
+
+    /// What [`Self::finish`] does at once, without waiting for anything. Kept apart, and the
+    /// record boxed, so that the futures of the decision path (which hold `finish`'s) stay
+    /// small: each is moved and copied as a whole as it is started, several times a decision.
+    fn settle(
+        &self,
+        rec: Box<ApprovalRecord>,
         resolution: &Resolution,
         from_timer: bool,
     ) -> Arc<SharedRecord> {
@@ -1378,7 +1404,7 @@ impl ToolApprovalForwarder {
             timer.abort();
         }
         self.inner.hot.remove(&id);
-        let rec = SharedRecord::new(rec);
+        let rec = SharedRecord::new(*rec);
         if let Some((_, tx)) = self.inner.waiters.remove(&id) {
             let _ = tx.send(Some(rec.clone()));
         }
@@ -1412,15 +1438,6 @@ impl ToolApprovalForwarder {
         // The same text its waiters and the decider are answered with.
         self.inner.events.publish(method, &*rec);
         self.edit_all(&rec, kind);
-
-        if resolution.verdict == Verdict::Timeout {
-            Box::pin(self.send_timeout_notices(&rec)).await;
-        }
-        if resolution.scope == Some(Scope::Always)
-            && let Some(by) = &resolution.decided_by
-        {
-            Box::pin(self.add_standing_rule(&rec.request, by)).await;
-        }
         rec
     }
 
@@ -1585,7 +1602,7 @@ impl ToolApprovalForwarder {
                 }
             },
         };
-        self.finish(rec, &resolution, from_timer).await;
+        self.finish(Box::new(rec), &resolution, from_timer).await;
     }
 
     // ----- delivery -------------------------------------------------------------------

@@ -367,7 +367,7 @@ impl ToolApprovalForwarder {
         }
         match told {
             Some(rx) => self.wait_told(rec, rx, None).await,
-            None => self.wait_on_shared(rec, None).await,
+            None => self.wait_on_shared(Box::new(rec), None).await,
         }
     }
 
@@ -598,12 +598,13 @@ impl ToolApprovalForwarder {
             .inc();
         if limiter.should_report(&limited) {
             tracing::warn!(scope = limited.scope, key = %limited.key, "approval requests rate-limited");
-            self.audit(
+            // Boxed: rare, and every request's future would otherwise make room for it.
+            Box::pin(self.audit(
                 AuditEntry::new(AuditEvent::RateLimited, None).detail(json!({
                     "scope": limited.scope, "key": limited.key, "token": caller.token_name,
                     "retry_after_ms": limited.retry_after.as_millis() as u64,
                 })),
-            )
+            ))
             .await;
         }
         Err(ApprovalError::RateLimited {
@@ -736,7 +737,7 @@ impl ToolApprovalForwarder {
         rec: ApprovalRecord,
         timeout: Option<Duration>,
     ) -> Result<ApprovalRecord, ApprovalError> {
-        self.wait_on_shared(rec, timeout)
+        self.wait_on_shared(Box::new(rec), timeout)
             .await
             .map(SharedRecord::into_record)
     }
@@ -744,7 +745,7 @@ impl ToolApprovalForwarder {
     /// [`Self::wait_on`], answered with the record as its decision left it.
     async fn wait_on_shared(
         &self,
-        rec: ApprovalRecord,
+        rec: Box<ApprovalRecord>,
         timeout: Option<Duration>,
     ) -> Result<Arc<SharedRecord>, ApprovalError> {
         let id = rec.request.id.clone();
@@ -755,17 +756,19 @@ impl ToolApprovalForwarder {
             self.unsubscribe_waiter(&id, rx);
             return Box::pin(self.wait_shared(&id, timeout)).await;
         }
-        self.wait_told(rec, rx, timeout).await
+        self.wait_told(*rec, rx, timeout).await
     }
 
     /// Wait on pending `rec` with `rx`, subscribed while its timer was armed (so `finish`
-    /// tells it). Meanwhile the record is kept in memory, for the decision to find.
-    async fn wait_told(
+    /// tells it). Meanwhile the record is kept in memory, for the decision to find. Not an
+    /// async fn: the record is put away at once, and the future (held by every caller's
+    /// while it waits) is the wait's alone, without the record in it.
+    fn wait_told(
         &self,
         rec: ApprovalRecord,
         rx: SettledRx,
         timeout: Option<Duration>,
-    ) -> Result<Arc<SharedRecord>, ApprovalError> {
+    ) -> impl Future<Output = Result<Arc<SharedRecord>, ApprovalError>> + Send + '_ {
         let id = rec.request.id.clone();
         let expires_at = rec.request.expires_at;
         if !self.inner.config.storage.is_postgres() {
@@ -775,7 +778,7 @@ impl ToolApprovalForwarder {
                 self.inner.hot.remove(&id);
             }
         }
-        self.block_until_settled(id, rx, expires_at, timeout).await
+        self.block_until_settled(id, rx, expires_at, timeout)
     }
 
     /// Be told when `id` is settled (`finish` sends the record).

@@ -98,9 +98,10 @@ impl AuditEntry {
         self
     }
 
-    /// The entry's JSON text as a store keeps it: without what the row has columns for
-    /// (`seq`, `approval_id`, `event`, `transport`). Every request writes three lines, and
-    /// those fields were a third of each (about 100 of 290 bytes).
+    /// The entry's JSON text as the SQLite store keeps it: without what the row has columns
+    /// for (`seq`, `approval_id`, `event`, `transport`). Every request writes three lines,
+    /// and those fields were a third of each (about 100 of 290 bytes). PostgreSQL keeps lines
+    /// whole, for the instances of a cluster still running an earlier build.
     pub fn stored_text(&self) -> serde_json::Result<String> {
         crate::json::text(&StoredBody {
             at: self.at,
@@ -110,7 +111,7 @@ impl AuditEntry {
     }
 
     /// An entry read back from its row: the columns, and the JSON text [`Self::stored_text`]
-    /// wrote. Lines written before it kept every field in their text; those read as written.
+    /// wrote. Lines kept whole (written before it, or by PostgreSQL) read as written.
     pub fn from_stored(
         seq: i64,
         approval_id: Option<String>,

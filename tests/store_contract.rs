@@ -1097,8 +1097,9 @@ async fn audit_is_append_only(db: &Db) {
     assert_eq!(after[0], before[0]);
 }
 
-/// Lines are stored without what their row has columns for; lines written before that kept
-/// every field in their text. Both read back whole, in order, from the same trail.
+/// SQLite stores lines without what their row has columns for; lines written before that (and
+/// every line on PostgreSQL) keep every field in their text. Both read back whole, in order,
+/// from the same trail.
 async fn audit_lines_written_whole_still_read(db: &Db) {
     let store = db.handle().await;
     // 2026-11-30T10:00:00Z, the creation time the raw line below names.

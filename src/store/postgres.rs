@@ -282,7 +282,9 @@ async fn append_audits(conn: &mut PgConnection, entries: &[AuditEntry]) -> Resul
         .bind(&entry.approval_id)
         .bind(entry.event.as_str())
         .bind(entry.transport.map(|t| t.as_str()))
-        .bind(entry.stored_text()?)
+        // Whole, not `stored_text`: instances of a cluster are upgraded one by one, and one
+        // still running the previous build reads every field from the text.
+        .bind(crate::json::text(entry)?)
         .execute(&mut *conn)
         .await?;
     }

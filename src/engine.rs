@@ -761,8 +761,8 @@ impl ToolApprovalForwarder {
 
     /// Wait on pending `rec` with `rx`, subscribed while its timer was armed (so `finish`
     /// tells it). Meanwhile the record is kept in memory, for the decision to find. Not an
-    /// async fn: the record is put away at once, and the future (held by every caller's
-    /// while it waits) is the wait's alone, without the record in it.
+    /// async fn: the record is put away at once, so the future a waiting caller holds is the
+    /// wait alone, without the record in it.
     fn wait_told(
         &self,
         rec: ApprovalRecord,

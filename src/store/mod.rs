@@ -124,6 +124,31 @@ pub struct AuditQuery {
     pub limit: u32,
 }
 
+/// An audit row as both stores read it back (`SELECT seq, approval_id, event, transport,
+/// entry_json`): the columns and the line's JSON text, made whole by
+/// [`AuditEntry::from_stored`].
+#[derive(sqlx::FromRow)]
+struct StoredAuditRow {
+    seq: i64,
+    approval_id: Option<String>,
+    event: String,
+    transport: Option<String>,
+    entry_json: String,
+}
+
+impl StoredAuditRow {
+    fn into_entry(self) -> Result<AuditEntry, StoreError> {
+        AuditEntry::from_stored(
+            self.seq,
+            self.approval_id,
+            &self.event,
+            self.transport.as_deref(),
+            &self.entry_json,
+        )
+        .map_err(StoreError)
+    }
+}
+
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
     /// Store a new pending request. With a `fold_key`, an identical pending request (same

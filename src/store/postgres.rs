@@ -39,8 +39,8 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions, PgRow};
 use sqlx::{ConnectOptions, Connection, PgConnection, PgPool, Row};
 
 use super::{
-    AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, from_ms, message_key,
-    ms,
+    AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, StoredAuditRow,
+    from_ms, message_key, ms,
 };
 use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
@@ -552,13 +552,13 @@ impl Store for PostgresStore {
     }
 
     async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
-        let rows = match &q.approval_id {
-            Some(id) => sqlx::query(
+        let rows: Vec<StoredAuditRow> = match &q.approval_id {
+            Some(id) => sqlx::query_as(
                 "SELECT seq, approval_id, event, transport, entry_json FROM audit
                  WHERE approval_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
             )
             .bind(id),
-            None => sqlx::query(
+            None => sqlx::query_as(
                 "SELECT seq, approval_id, event, transport, entry_json FROM audit
                  WHERE seq > $1 ORDER BY seq LIMIT $2",
             ),
@@ -567,18 +567,7 @@ impl Store for PostgresStore {
         .bind(i64::from(q.limit.max(1)))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                AuditEntry::from_stored(
-                    r.try_get("seq")?,
-                    r.try_get("approval_id")?,
-                    r.try_get("event")?,
-                    r.try_get("transport")?,
-                    r.try_get("entry_json")?,
-                )
-                .map_err(StoreError)
-            })
-            .collect()
+        rows.into_iter().map(StoredAuditRow::into_entry).collect()
     }
 
     async fn add_standing_rule(&self, rule: &StandingRule) -> Result<(), StoreError> {

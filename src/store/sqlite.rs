@@ -17,8 +17,8 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, from_ms, message_key,
-    ms,
+    AuditQuery, DecisionWrite, InsertOutcome, ListQuery, Store, StoreError, StoredAuditRow,
+    from_ms, message_key, ms,
 };
 use crate::audit::AuditEntry;
 use crate::domain::{Approval, ApprovalRecord, ApprovalRequest, Delivery, Resolution, Status};
@@ -509,25 +509,14 @@ impl Store for SqliteStore {
              WHERE ?2 IS NULL AND seq > ?3 ORDER BY seq LIMIT ?4"
         };
         let recent = q.approval_id.as_deref().and_then(|id| self.recent.get(id));
-        let rows = sqlx::query(sql)
+        let rows: Vec<StoredAuditRow> = sqlx::query_as(sql)
             .bind(recent)
             .bind(&q.approval_id)
             .bind(q.after_seq)
             .bind(q.limit.max(1) as i64)
             .fetch_all(&self.reader)
             .await?;
-        rows.into_iter()
-            .map(|r| {
-                AuditEntry::from_stored(
-                    r.try_get("seq")?,
-                    r.try_get("approval_id")?,
-                    r.try_get("event")?,
-                    r.try_get("transport")?,
-                    r.try_get("entry_json")?,
-                )
-                .map_err(StoreError)
-            })
-            .collect()
+        rows.into_iter().map(StoredAuditRow::into_entry).collect()
     }
 
     async fn add_standing_rule(&self, rule: &StandingRule) -> Result<(), StoreError> {
@@ -898,6 +887,55 @@ mod tests {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// The audit trail's lines are written without what their row has columns for (a third
+    /// of each line), and read back whole.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn audit_lines_are_stored_short_and_read_whole() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = SqliteStore::open(dir.path()).await.expect("open");
+        let line = AuditEntry::new(crate::audit::AuditEvent::Requested, Some("short-1"))
+            .detail(serde_json::json!({ "tool": "shell" }));
+        store
+            .insert_request(
+                &request("short-1", Utc::now()),
+                None,
+                std::slice::from_ref(&line),
+                false,
+            )
+            .await
+            .expect("insert");
+
+        let conn = rusqlite::Connection::open(dir.path().join("approvald.db")).expect("file");
+        let (text, approval_id, event): (String, String, String) = conn
+            .query_row(
+                "SELECT entry_json, approval_id, event FROM audit",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .expect("one line");
+        assert_eq!(
+            (approval_id.as_str(), event.as_str()),
+            ("short-1", "requested")
+        );
+        let stored: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+        for column in ["seq", "approval_id", "event", "transport"] {
+            assert!(stored.get(column).is_none(), "{column} kept in {text}");
+        }
+
+        let read = store
+            .audit_list(&AuditQuery {
+                approval_id: Some("short-1".into()),
+                after_seq: 0,
+                limit: 10,
+            })
+            .await
+            .expect("audit_list");
+        assert_eq!(read.len(), 1);
+        let mut expected = line;
+        expected.seq = read[0].seq;
+        assert_eq!(read[0], expected);
     }
 
     /// What the file's id index (`approval_ids`) holds, read beside the store.

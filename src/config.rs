@@ -341,7 +341,8 @@ pub struct ServerConfig {
     pub secure_cookies: bool,
     /// WebSocket and SSE clients connected at once; more are refused with 503.
     pub max_stream_clients: usize,
-    /// A client must send a request's headers within this time (also the keep-alive idle limit).
+    /// A client must send a request's headers within this time (also the keep-alive idle limit),
+    /// and then its body within the same time.
     pub header_timeout_ms: u64,
 }
 

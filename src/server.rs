@@ -122,7 +122,8 @@ impl BoundServer {
     ///
     /// Connections are served by hyper directly (not `axum::serve`) for the limits a public
     /// endpoint needs: a client must send each request's headers within
-    /// `server.header_timeout_ms` (slow-loris, and idle keep-alive connections), and on
+    /// `server.header_timeout_ms` (slow-loris, and idle keep-alive connections) and its body
+    /// within the same time ([`api::limit_body_read`]), and on
     /// shutdown every connection is drained gracefully. Callers blocked waiting for a decision
     /// are answered `shutting_down` at once (reconnect, then `tool.approval.wait`); WebSocket
     /// clients get an `approvald.shutdown` notification and a close frame.
@@ -146,6 +147,10 @@ impl BoundServer {
                 router = router.merge(routes);
             }
         }
+        // Bodies by the same limit as headers, on every route (webhooks included).
+        let router = router.layer(tower::util::MapRequestLayer::new(
+            move |request: axum::extract::Request| api::limit_body_read(request, header_timeout),
+        ));
         let mut http =
             hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
         http.http1()

@@ -41,6 +41,48 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[tokio::test]
+async fn a_client_that_never_finishes_its_body_is_answered_and_nothing_is_created() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = TestServer::start_with_server(dir.path(), "header_timeout_ms = 300", "", vec![]).await;
+    let body = json!({
+        "jsonrpc": "2.0", "id": 1, "method": "tool.approval.request",
+        "params": { "id": "5b1b2f0e-7f6c-4a57-9d3e-1a2b3c4d5e6f", "tool": "t", "command": "half" },
+    })
+    .to_string();
+    let mut slow = tokio::net::TcpStream::connect(addr(&s)).await.unwrap();
+    // Headers whole, then half the body it announced, then nothing.
+    let head = format!(
+        "POST /rpc HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {ADMIN}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    slow.write_all(head.as_bytes()).await.unwrap();
+    slow.write_all(&body.as_bytes()[..body.len() / 2])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 2048];
+    let read = tokio::time::timeout(Duration::from_secs(5), slow.read(&mut buf))
+        .await
+        .expect("the server answers a stalled body in time");
+    let n = read.unwrap_or(0);
+    let answer = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(started.elapsed() >= Duration::from_millis(250));
+    assert!(
+        n == 0 || answer.starts_with("HTTP/1.1 400"),
+        "closed or 400, got {answer:?}"
+    );
+    if n > 0 {
+        assert!(answer.contains("did not arrive within 300 ms"), "{answer}");
+    }
+    // The half-sent request was not created; everyone else is served as usual.
+    let listed = s.call(ADMIN, "tool.approval.list", json!({})).await;
+    assert_eq!(listed["items"], json!([]), "{listed}");
+    let r = s.request(json!({ "tool": "t", "command": "x" })).await;
+    assert_eq!(r["status"], "pending");
+}
+
+#[tokio::test]
 async fn streaming_clients_are_capped_and_a_freed_slot_is_reused() {
     let dir = tempfile::tempdir().unwrap();
     let s = TestServer::start_with_server(dir.path(), "max_stream_clients = 2", "", vec![]).await;

@@ -2,11 +2,10 @@
 //! stream at `GET /events`, `GET /healthz` and `GET /metrics`. One shared [`AppContext`].
 
 mod assistant;
+mod body_deadline;
 mod rpc;
 mod sse;
 mod ws;
-
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, State};
@@ -14,13 +13,13 @@ use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde_json::json;
-use tower_http::timeout::TimeoutLayer;
 
 use crate::directory::Caller;
 use crate::engine::ToolApprovalForwarder;
 use crate::error::ApprovalError;
 use crate::ui::SessionKey;
 
+pub use body_deadline::limit_body_read;
 pub use rpc::handle_message;
 
 /// What every handler needs.
@@ -62,10 +61,6 @@ pub fn router(ctx: AppContext) -> Router {
         .with_state(ctx)
         .merge(ui)
         .layer(DefaultBodyLimit::max(limit))
-        .layer(TimeoutLayer::with_status_code(
-            axum::http::StatusCode::REQUEST_TIMEOUT,
-            Duration::from_secs(2 * 24 * 3600),
-        ))
 }
 
 /// The query of the streaming endpoints (`GET /rpc/ws`, `GET /events`).

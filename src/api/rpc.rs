@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::{FromRequest, Request, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -22,15 +22,13 @@ use crate::json::text_or_null;
 use crate::store::{AuditQuery, ListQuery};
 
 /// `POST /rpc`.
-pub async fn http_rpc(
-    State(ctx): State<AppContext>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
-    let caller = match authenticate(&ctx, &headers) {
+pub async fn http_rpc(State(ctx): State<AppContext>, request: Request) -> Response {
+    // The headers read in place (a `HeaderMap` argument would be a copy of them per call).
+    let caller = match authenticate(&ctx, request.headers()) {
         Ok(c) => c,
         Err(e) => return error_response(&e, Value::Null),
     };
+    let body: Result<Bytes, BytesRejection> = Bytes::from_request(request, &ctx).await;
     let body = match body {
         Ok(b) => b,
         Err(rejection) => {

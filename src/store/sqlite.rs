@@ -889,55 +889,6 @@ mod tests {
         }
     }
 
-    /// The audit trail's lines are written without what their row has columns for (a third
-    /// of each line), and read back whole.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn audit_lines_are_stored_short_and_read_whole() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let store = SqliteStore::open(dir.path()).await.expect("open");
-        let line = AuditEntry::new(crate::audit::AuditEvent::Requested, Some("short-1"))
-            .detail(serde_json::json!({ "tool": "shell" }));
-        store
-            .insert_request(
-                &request("short-1", Utc::now()),
-                None,
-                std::slice::from_ref(&line),
-                false,
-            )
-            .await
-            .expect("insert");
-
-        let conn = rusqlite::Connection::open(dir.path().join("approvald.db")).expect("file");
-        let (text, approval_id, event): (String, String, String) = conn
-            .query_row(
-                "SELECT entry_json, approval_id, event FROM audit",
-                [],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-            )
-            .expect("one line");
-        assert_eq!(
-            (approval_id.as_str(), event.as_str()),
-            ("short-1", "requested")
-        );
-        let stored: serde_json::Value = serde_json::from_str(&text).expect("JSON");
-        for column in ["seq", "approval_id", "event", "transport"] {
-            assert!(stored.get(column).is_none(), "{column} kept in {text}");
-        }
-
-        let read = store
-            .audit_list(&AuditQuery {
-                approval_id: Some("short-1".into()),
-                after_seq: 0,
-                limit: 10,
-            })
-            .await
-            .expect("audit_list");
-        assert_eq!(read.len(), 1);
-        let mut expected = line;
-        expected.seq = read[0].seq;
-        assert_eq!(read[0], expected);
-    }
-
     /// What the file's id index (`approval_ids`) holds, read beside the store.
     fn indexed_ids(dir: &Path) -> (Vec<String>, i64) {
         let conn = rusqlite::Connection::open(dir.join("approvald.db")).expect("open the file");
